@@ -1,0 +1,1 @@
+"""Reward-model scoring service; also home of the checkpoint contract shared with `training`."""

@@ -1,0 +1,1 @@
+"""HTTP transport: request validation, error mapping and routing. No scoring logic lives here."""

@@ -1,0 +1,206 @@
+"""Request and response schemas of every endpoint, with the examples shown in the OpenAPI docs."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, StrictStr, Tag
+
+from app.checkpoint import Aggregation
+
+Text = Annotated[StrictStr, Field(min_length=1)]
+
+
+class Strict(BaseModel):
+    """Unknown fields are an error: a typo must not silently change what is scored."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class Message(Strict):
+    """One chat turn."""
+
+    role: Text
+    content: Text
+
+
+Prompt = Annotated[Text | Annotated[list[Message], Field(min_length=1)], Field(union_mode="left_to_right")]
+
+
+class PromptResponseItem(Strict):
+    """A prompt (a string, or chat messages) and the response to score."""
+
+    prompt: Prompt
+    response: Text
+
+
+class MessagesItem(Strict):
+    """A conversation; its last message is the assistant turn being scored."""
+
+    messages: Annotated[list[Message], Field(min_length=1)]
+
+
+def _item_kind(value: Any) -> str:
+    return "messages" if isinstance(value, dict) and "messages" in value else "prompt_response"
+
+
+ScoreItem = Annotated[
+    Annotated[PromptResponseItem, Tag("prompt_response")] | Annotated[MessagesItem, Tag("messages")],
+    Discriminator(_item_kind),
+]
+
+
+class ScoringOptions(Strict):
+    """Options every scoring endpoint accepts."""
+
+    normalize: bool | None = Field(
+        default=None, description="Return (r - mean) / std from reward.json (default: the server's setting)."
+    )
+    aggregation: Aggregation | None = Field(default=None, description="Ensemble aggregation for this request.")
+    return_member_rewards: bool = Field(default=False, description="Also return each ensemble member's reward.")
+
+
+class ScoreRequest(ScoringOptions):
+    """Score a list of items."""
+
+    items: list[ScoreItem] = Field(min_length=1)
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "items": [
+                        {"prompt": "What is the capital of France?", "response": "Paris."},
+                        {
+                            "messages": [
+                                {"role": "user", "content": "Say hi"},
+                                {"role": "assistant", "content": "Hi!"},
+                            ]
+                        },
+                    ]
+                }
+            ]
+        },
+    )
+
+
+class ScoreResponse(BaseModel):
+    """Rewards in input order, with per-item uncertainty and truncation accounting."""
+
+    model: str
+    rewards: list[float]
+    stds: list[float] = Field(description="Ensemble disagreement per item (0 for a single model).")
+    truncated: list[bool]
+    num_tokens: list[int] = Field(description="Tokens per item before truncation.")
+    normalized: bool
+    aggregation: str
+    member_rewards: dict[str, list[float]] | None = None
+
+
+class CompareRequest(ScoringOptions):
+    """Compare two responses to one prompt."""
+
+    prompt: Prompt
+    response_a: Text
+    response_b: Text
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [{"prompt": "How do I boil an egg?", "response_a": "Boil it 8 minutes.", "response_b": "No."}]
+        },
+    )
+
+
+class CompareResponse(BaseModel):
+    """The preferred response and the calibrated probability that A is better."""
+
+    model: str
+    reward_a: float
+    reward_b: float
+    std_a: float
+    std_b: float
+    prob_a_better: float
+    preferred: Literal["a", "b", "tie"]
+    members_agreeing: int = Field(description="Ensemble members whose own rewards prefer the same response.")
+    num_members: int
+    temperature: float
+    member_rewards: dict[str, list[float]] | None = None
+
+
+class BestOfNRequest(ScoringOptions):
+    """Rank N candidate responses to one prompt."""
+
+    prompt: Prompt
+    responses: list[Text] = Field(min_length=1)
+    top_k: int | None = Field(default=None, ge=1, description="Return only the best k indices in `ranking`.")
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{"prompt": "Name a prime.", "responses": ["4", "7", "9"], "top_k": 1}]},
+    )
+
+
+class BestOfNResponse(BaseModel):
+    """The best candidate and the ranking, best first."""
+
+    model: str
+    best_index: int
+    best_response: str
+    rewards: list[float]
+    stds: list[float]
+    ranking: list[int]
+    member_rewards: dict[str, list[float]] | None = None
+
+
+class GetRewardRequest(Strict):
+    """OpenRLHF remote reward model protocol: fully formatted query strings, scored as they are."""
+
+    query: list[Text] = Field(min_length=1)
+    prompts: list[StrictStr] | None = None
+    labels: list[Any] | None = None
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{"query": ["\n\nHuman: Hi\n\nAssistant: Hello! How can I help?"]}]},
+    )
+
+
+class GetRewardResponse(BaseModel):
+    """OpenRLHF's response shape."""
+
+    rewards: list[float]
+    scores: list[float]
+    extra_logs: dict[str, list[float]]
+
+
+class MemberInfo(BaseModel):
+    """One ensemble member as `/info` describes it."""
+
+    name: str
+    path: str
+    architecture: str
+    device: str
+    dtype: str
+    parameters: int
+    max_length: int
+    input_format: str
+    normalization: dict[str, float]
+    calibration: dict[str, float]
+    weight: float
+    weights_sha256: str
+    provenance: dict[str, Any]
+
+
+class InfoResponse(BaseModel):
+    """What is being served and how."""
+
+    model: str
+    ready: bool
+    untrained_head: bool = Field(description="True when the demo backbone is served with a random head.")
+    num_members: int
+    aggregation: str
+    uncertainty_coef: float
+    members: list[MemberInfo]
+    limits: dict[str, Any]

@@ -1,0 +1,77 @@
+"""Operational endpoints: /health, /ready, /info and /metrics."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from app.api.errors import error_body
+from app.api.protocol import InfoResponse, MemberInfo
+from app.service import RewardService
+
+router = APIRouter(tags=["system"])
+
+
+@router.get("/health", summary="Liveness: the process is up")
+async def get_health() -> dict[str, str]:
+    """200 whenever the process can answer, loaded or not."""
+    return {"status": "ok"}
+
+
+@router.get("/ready", summary="Readiness: the model is loaded and warmed up")
+async def get_ready(request: Request) -> JSONResponse:
+    """200 once every member is loaded and warmed up; 503 before."""
+    service: RewardService = request.app.state.service
+    if not service.ready:
+        message = f"loading failed: {service.load_error}" if service.load_error else "the model is still loading"
+        return JSONResponse(error_body("not_ready", message), status_code=503, headers={"Retry-After": "5"})
+    return JSONResponse({"status": "ready", "model": service.model_id})
+
+
+@router.get("/info", response_model=InfoResponse, summary="What is served, on which device, with which settings")
+async def get_info(request: Request) -> InfoResponse:
+    """Model, members, dtype, device, max length, normalization, calibration and weight hashes."""
+    service: RewardService = request.app.state.service
+    s = service.settings
+    return InfoResponse(
+        model=service.model_id,
+        ready=service.ready,
+        untrained_head=service.untrained_head,
+        num_members=len(service.members),
+        aggregation=service.default_aggregation,
+        uncertainty_coef=service.uncertainty_coef,
+        members=[
+            MemberInfo(
+                name=m.name,
+                path=str(m.runner.checkpoint),
+                architecture=m.runner.architecture,
+                device=str(m.runner.device),
+                dtype=str(m.runner.dtype).removeprefix("torch."),
+                parameters=m.runner.num_parameters,
+                max_length=m.formatter.max_length,
+                input_format=m.formatter.format_name,
+                normalization=m.metadata.normalization.model_dump(),
+                calibration=m.metadata.calibration.model_dump(),
+                weight=m.weight,
+                weights_sha256=m.runner.weights_sha256,
+                provenance=m.metadata.provenance,
+            )
+            for m in service.members
+        ],
+        limits={
+            "max_batch_size": s.max_batch_size,
+            "max_batch_tokens": s.max_batch_tokens,
+            "max_wait_ms": s.max_wait_ms,
+            "max_queue_items": s.max_queue_items,
+            "max_items_per_request": s.max_items_per_request,
+            "max_body_bytes": s.max_body_bytes,
+            "truncate": s.truncate,
+        },
+    )
+
+
+@router.get("/metrics", summary="Prometheus metrics")
+async def get_metrics(request: Request) -> Response:
+    """Prometheus text exposition of this app's registry."""
+    return Response(generate_latest(request.app.state.metrics.registry), media_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,249 @@
+"""DynamicBatcher: one queue and one background task per model copy, pooling items from all requests.
+
+Contract (as in Ray Serve's batch queue, capped by tokens as in TEI):
+- a batch is capped by item count and by a token budget, where cost = items x longest item;
+- the oldest waiting item is always in the next batch (no starvation), and the rest of the batch is
+  the items closest to it in length, so little compute is spent on padding;
+- while the model is idle the batcher waits at most `max_wait_s` for a batch to fill; while it is
+  busy, the next batch is picked as soon as a full one is waiting and is dispatched the moment the
+  model frees up;
+- items whose future was cancelled (the client went away) are dropped before compute;
+- the queue is bounded: `submit` raises `Overloaded` instead of growing;
+- a failing batch is split in halves and retried, so only items that fail on their own get an error;
+- `forward` returns exactly one reward per input, or the whole batch fails loudly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from app.errors import InferenceFailed, NonFiniteReward, NotReady, Overloaded
+from app.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+
+class BatchRunner(Protocol):
+    """What the batcher needs from a model: one reward per token-id sequence, in order."""
+
+    def forward(self, sequences: Sequence[Sequence[int]]) -> list[float]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class ItemResult:
+    """One item's reward and where its time went."""
+
+    reward: float
+    queue_seconds: float
+    inference_seconds: float
+
+
+@dataclass(slots=True)
+class _Entry:
+    tokens: Sequence[int]
+    future: asyncio.Future[ItemResult]
+    enqueued: float = field(default_factory=time.monotonic)
+
+    @property
+    def length(self) -> int:
+        return len(self.tokens)
+
+
+class DynamicBatcher:
+    """Pools items from concurrent requests into token-budgeted, length-grouped batches for one runner."""
+
+    def __init__(
+        self,
+        runner: BatchRunner,
+        *,
+        name: str = "model",
+        max_batch_size: int = 64,
+        max_batch_tokens: int = 16384,
+        max_wait_s: float = 0.002,
+        max_queue_items: int = 4096,
+        metrics: Metrics | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if max_batch_size < 1 or max_batch_tokens < 1 or max_queue_items < 1:
+            raise ValueError("batch and queue limits must be positive")
+        self.runner = runner
+        self.name = name
+        self.max_batch_size = max_batch_size
+        self.max_batch_tokens = max_batch_tokens
+        self.max_wait_s = max_wait_s
+        self.max_queue_items = max_queue_items
+        self.metrics = metrics or Metrics()
+        self._clock = clock
+        self._pending: list[_Entry] = []
+        self._arrived = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        # One thread owns the model: forward passes never overlap and never block the event loop.
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"forward-{name}")
+
+    @property
+    def queue_depth(self) -> int:
+        """Items waiting, cancelled ones included until the next batch purges them."""
+        return len(self._pending)
+
+    def start(self) -> None:
+        """Start the background task; call from inside the running event loop."""
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._loop(), name=f"batcher-{self.name}")
+
+    async def stop(self) -> None:
+        """Stop the loop, fail whatever still waits, and release the model thread."""
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+            self._task = None
+        for entry in self._pending:
+            if not entry.future.done():
+                entry.future.set_exception(NotReady("the server is shutting down"))
+        self._pending.clear()
+        self._update_depth()
+        self._executor.shutdown(wait=True)
+
+    def submit(self, sequences: Sequence[Sequence[int]]) -> list[asyncio.Future[ItemResult]]:
+        """Queue all of a request's items, or none of them (Overloaded) when the queue is full."""
+        if len(self._pending) + len(sequences) > self.max_queue_items:
+            self._purge_cancelled()
+            if len(self._pending) + len(sequences) > self.max_queue_items:
+                self.metrics.rejected.inc(len(sequences))
+                raise Overloaded(
+                    f"queue full: {len(self._pending)} items waiting, limit {self.max_queue_items}; retry later"
+                )
+        loop = asyncio.get_running_loop()
+        futures: list[asyncio.Future[ItemResult]] = []
+        for tokens in sequences:
+            future: asyncio.Future[ItemResult] = loop.create_future()
+            self._pending.append(_Entry(tokens, future, self._clock()))
+            futures.append(future)
+        self._update_depth()
+        self._arrived.set()
+        return futures
+
+    # -- the background task ------------------------------------------------------------------------
+
+    async def _loop(self) -> None:
+        inflight: asyncio.Task[None] | None = None
+        while True:
+            if not self._pending:
+                await self._wait_arrival()
+                continue
+            busy = inflight is not None and not inflight.done()
+            if busy and not self._full():
+                assert inflight is not None
+                await self._wait_arrival(also=inflight)
+                continue
+            if not busy and not self._full():
+                remaining = self._pending[0].enqueued + self.max_wait_s - self._clock()
+                if remaining > 0:
+                    await self._wait_arrival(timeout=remaining)
+                    continue
+            batch = self._take_batch()
+            if inflight is not None:
+                await inflight  # the next batch is picked; it runs as soon as the model is free
+            inflight = asyncio.create_task(self._run(batch)) if batch else None
+
+    async def _wait_arrival(self, timeout: float | None = None, also: asyncio.Future[None] | None = None) -> None:
+        self._arrived.clear()
+        waiter = asyncio.ensure_future(self._arrived.wait())
+        waitables: set[asyncio.Future[object]] = {waiter}  # type: ignore[arg-type]
+        if also is not None:
+            waitables.add(also)  # type: ignore[arg-type]
+        try:
+            await asyncio.wait(waitables, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            waiter.cancel()
+
+    def _full(self) -> bool:
+        if len(self._pending) >= self.max_batch_size:
+            return True
+        longest = max(e.length for e in self._pending)
+        return longest * len(self._pending) >= self.max_batch_tokens
+
+    def _purge_cancelled(self) -> None:
+        self._pending = [e for e in self._pending if not e.future.done()]
+        self._update_depth()
+
+    def _take_batch(self) -> list[_Entry]:
+        """Oldest item plus its nearest neighbours in length, within the item and token caps."""
+        self._purge_cancelled()
+        if not self._pending:
+            return []
+        anchor = self._pending[0]
+        order = sorted(self._pending, key=lambda e: e.length)
+        lo = hi = next(i for i, e in enumerate(order) if e is anchor)
+        while hi - lo + 1 < self.max_batch_size:
+            count, longest = hi - lo + 1, order[hi].length
+            # Padding each neighbour would add: a shorter one pads itself, a longer one pads everyone.
+            left_cost = longest - order[lo - 1].length if lo > 0 else math.inf
+            right_cost = count * (order[hi + 1].length - longest) if hi + 1 < len(order) else math.inf
+            if left_cost <= right_cost and left_cost < math.inf and (count + 1) * longest <= self.max_batch_tokens:
+                lo -= 1
+            elif right_cost < math.inf and (count + 1) * order[hi + 1].length <= self.max_batch_tokens:
+                hi += 1
+            elif left_cost < math.inf and (count + 1) * longest <= self.max_batch_tokens:
+                lo -= 1
+            else:
+                break
+        chosen = {id(e) for e in order[lo : hi + 1]}
+        batch = [e for e in self._pending if id(e) in chosen]
+        self._pending = [e for e in self._pending if id(e) not in chosen]
+        self._update_depth()
+        return batch
+
+    async def _run(self, entries: list[_Entry]) -> None:
+        live = [e for e in entries if not e.future.done()]  # clients that left while it was queued
+        if not live:
+            return
+        started = self._clock()
+        longest = max(e.length for e in live)
+        real = sum(e.length for e in live)
+        padded = longest * len(live)
+        loop = asyncio.get_running_loop()
+        try:
+            rewards = await loop.run_in_executor(self._executor, self.runner.forward, [e.tokens for e in live])
+            if len(rewards) != len(live):
+                raise RuntimeError(f"runner returned {len(rewards)} rewards for {len(live)} inputs")
+        except Exception as exc:
+            if len(live) == 1:
+                log.warning("item failed on its own in %s: %r", self.name, exc)
+                if not live[0].future.done():
+                    live[0].future.set_exception(InferenceFailed(f"model {self.name!r} failed on this item: {exc}"))
+                return
+            log.warning("batch of %d failed in %s (%r); retrying in halves", len(live), self.name, exc)
+            middle = len(live) // 2
+            await self._run(live[:middle])
+            await self._run(live[middle:])
+            return
+        elapsed = self._clock() - started
+        m, member = self.metrics, self.name
+        m.inference_duration.labels(member).observe(elapsed)
+        m.batch_items.labels(member).observe(len(live))
+        m.batch_tokens.labels(member).observe(padded)
+        m.padding_ratio.labels(member).observe(1.0 - real / padded)
+        m.real_tokens.labels(member).inc(real)
+        m.padded_tokens.labels(member).inc(padded)
+        for entry, reward in zip(live, rewards, strict=True):
+            m.queue_wait.labels(member).observe(started - entry.enqueued)
+            if entry.future.done():
+                continue
+            if not math.isfinite(reward):
+                m.nonfinite.labels(member).inc()
+                entry.future.set_exception(NonFiniteReward(f"model {self.name!r} produced a non-finite reward"))
+            else:
+                entry.future.set_result(ItemResult(reward, started - entry.enqueued, elapsed))
+
+    def _update_depth(self) -> None:
+        self.metrics.queue_depth.labels(self.name).set(len(self._pending))

@@ -1,0 +1,162 @@
+"""The one place where (prompt, response) or chat messages become model input ids.
+
+Training and serving both call `InputFormatter.encode`, so an item is tokenized identically in both.
+Truncation never cuts the end of the response, where a reward model reads its verdict: the prompt
+loses tokens from the left first, and only if the response alone is too long does its start go.
+This module imports neither FastAPI nor the trainer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from app.errors import InputTooLong, InvalidInput
+
+PLAIN_ROLE_NAMES = {"user": "Human", "assistant": "Assistant", "system": "System"}
+"""The plain format is the HH-RLHF transcript format: `\\n\\nHuman: ...\\n\\nAssistant: ...`."""
+
+
+@dataclass(frozen=True, slots=True)
+class RewardInput:
+    """One thing to score: a conversation whose last message is the assistant turn, or formatted text."""
+
+    messages: tuple[tuple[str, str], ...] = ()
+    text: str | None = None
+
+    @classmethod
+    def from_prompt_response(cls, prompt: str | Sequence[Mapping[str, str]], response: str) -> RewardInput:
+        """A prompt (a user string or a message list) followed by the response being scored."""
+        prompt_messages = [("user", prompt)] if isinstance(prompt, str) else _as_pairs(prompt)
+        return cls(messages=(*prompt_messages, ("assistant", response)))
+
+    @classmethod
+    def from_messages(cls, messages: Sequence[Mapping[str, str]]) -> RewardInput:
+        """A conversation whose last message is the assistant turn being scored."""
+        pairs = _as_pairs(messages)
+        if not pairs or pairs[-1][0] != "assistant":
+            raise InvalidInput("the last message must have role 'assistant': it is the turn being scored")
+        return cls(messages=tuple(pairs))
+
+    @classmethod
+    def raw(cls, text: str) -> RewardInput:
+        """Text that is already fully formatted, scored as it is (the OpenRLHF protocol)."""
+        return cls(text=text)
+
+
+def _as_pairs(messages: Sequence[Mapping[str, str]]) -> list[tuple[str, str]]:
+    return [(m["role"], m["content"]) for m in messages]
+
+
+@dataclass(frozen=True, slots=True)
+class EncodedInput:
+    """Model input ids for one item, and what truncation did to it."""
+
+    input_ids: list[int]
+    num_tokens: int
+    """Tokens the item had before truncation, special tokens included."""
+    truncated: bool
+
+
+FormatType = Literal["auto", "chat_template", "plain"]
+
+
+class InputFormatter:
+    """Formats and truncates items for one tokenizer; `encode` is the single entry point."""
+
+    def __init__(self, tokenizer: Any, *, input_format: FormatType, max_length: int, truncate: bool = True):
+        self.tokenizer = tokenizer
+        has_template = bool(getattr(tokenizer, "chat_template", None))
+        if input_format == "chat_template" and not has_template:
+            raise ValueError("input_format is 'chat_template' but the tokenizer has no chat template")
+        self.use_chat_template = input_format == "chat_template" or (input_format == "auto" and has_template)
+        self.max_length = max_length
+        self.truncate = truncate
+        self.prefix, self.suffix = _special_wrapping(tokenizer)
+        self.bos_id: int | None = getattr(tokenizer, "bos_token_id", None)
+        if max_length <= len(self.prefix) + len(self.suffix):
+            raise ValueError(f"max_length {max_length} leaves no room for content")
+
+    @property
+    def format_name(self) -> str:
+        """`chat_template` or `plain`: what `auto` resolved to for this tokenizer."""
+        return "chat_template" if self.use_chat_template else "plain"
+
+    def render(self, item: RewardInput) -> tuple[str, int]:
+        """Return the formatted text and the character offset where the scored response starts."""
+        if item.text is not None:
+            return item.text, 0
+        if self.use_chat_template:
+            return self._render_chat(item.messages)
+        return render_plain(item.messages)
+
+    def _render_chat(self, messages: tuple[tuple[str, str], ...]) -> tuple[str, int]:
+        conversation = [{"role": role, "content": content} for role, content in messages]
+        try:
+            full = self.tokenizer.apply_chat_template(conversation, tokenize=False)
+            prompt = self.tokenizer.apply_chat_template(
+                conversation[:-1], tokenize=False, add_generation_prompt=True
+            )
+        except Exception as exc:  # jinja raises its own errors for conversations a template rejects
+            raise InvalidInput(f"the chat template rejected the messages: {exc}") from exc
+        if full.startswith(prompt):
+            return full, len(prompt)
+        # Some templates rewrite earlier turns; fall back to the last occurrence of the response.
+        return full, max(full.rfind(messages[-1][1]), 0)
+
+    def encode(self, items: Sequence[RewardInput]) -> list[EncodedInput]:
+        """Format, tokenize and truncate items; the only way text becomes model input in this project."""
+        rendered = [self.render(item) for item in items]
+        batch = self.tokenizer(
+            [text for text, _ in rendered],
+            add_special_tokens=False,
+            return_offsets_mapping=True,
+            return_attention_mask=False,
+        )
+        return [
+            self._fit(ids, offsets, start)
+            for ids, offsets, (_, start) in zip(batch["input_ids"], batch["offset_mapping"], rendered, strict=True)
+        ]
+
+    def _fit(self, body: list[int], offsets: list[tuple[int, int]], response_start: int) -> EncodedInput:
+        prefix = self.prefix
+        if prefix and body and prefix[-1] == self.bos_id and body[0] == self.bos_id:
+            prefix = prefix[:-1]  # the text carries its own BOS (a chat template); never add a second
+        num_tokens = len(prefix) + len(body) + len(self.suffix)
+        if num_tokens <= self.max_length:
+            return EncodedInput(prefix + body + self.suffix, num_tokens, truncated=False)
+        if not self.truncate:
+            raise InputTooLong(
+                f"an item has {num_tokens} tokens, over the limit of {self.max_length}, and truncation is off"
+            )
+        budget = self.max_length - len(prefix) - len(self.suffix)
+        split = next((i for i, (_, end) in enumerate(offsets) if end > response_start), len(body))
+        prompt_ids, response_ids = body[:split], body[split:]
+        if len(response_ids) >= budget:
+            kept = response_ids[len(response_ids) - budget :]
+        else:
+            keep_prompt = budget - len(response_ids)
+            kept = prompt_ids[len(prompt_ids) - keep_prompt :] + response_ids
+        return EncodedInput(prefix + kept + self.suffix, num_tokens, truncated=True)
+
+
+def render_plain(messages: Sequence[tuple[str, str]]) -> tuple[str, int]:
+    """Render a conversation in the HH-RLHF transcript format; return text and response start."""
+    prompt = "".join(f"\n\n{_role_name(role)}: {content}" for role, content in messages[:-1])
+    prompt += f"\n\n{_role_name(messages[-1][0])}:"
+    return f"{prompt} {messages[-1][1]}", len(prompt)
+
+
+def _role_name(role: str) -> str:
+    return PLAIN_ROLE_NAMES.get(role, role.capitalize())
+
+
+def _special_wrapping(tokenizer: Any) -> tuple[list[int], list[int]]:
+    """The special tokens the tokenizer adds before and after a single sequence ([CLS]/[SEP], BOS)."""
+    bare = tokenizer("x", add_special_tokens=False)["input_ids"]
+    wrapped = tokenizer("x", add_special_tokens=True)["input_ids"]
+    for start in range(len(wrapped) - len(bare) + 1):
+        if wrapped[start : start + len(bare)] == bare:
+            return list(wrapped[:start]), list(wrapped[start + len(bare) :])
+    raise ValueError("cannot locate the content inside the tokenizer's special-token wrapping")

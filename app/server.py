@@ -1,0 +1,116 @@
+"""`create_app(settings)`: builds the FastAPI app; its lifespan loads the model in the background.
+
+Nothing heavy runs at import time. `/health` answers while the model loads; `/ready` turns 200 once
+every member is loaded and warmed up; a load failure is logged in one line and reported to `on_fatal`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from fastapi import FastAPI
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from app.api import openrlhf, scoring, system
+from app.api.errors import BodySizeLimit, install_error_handlers
+from app.errors import RewardError
+from app.metrics import Metrics
+from app.service import RewardService
+from app.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+class RequestMetrics:
+    """ASGI middleware counting requests and their latency by route template and status."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500
+
+        async def recording_send(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, recording_send)
+        finally:
+            route = scope.get("route")
+            endpoint = getattr(route, "path", "unmatched")
+            self.metrics.requests.labels(endpoint, str(status)).inc()
+            self.metrics.request_duration.labels(endpoint).observe(time.perf_counter() - started)
+
+
+async def _load(service: RewardService, settings: Settings, on_fatal: Callable[[str], None] | None) -> None:
+    try:
+        if settings.torch_threads:
+            import torch
+
+            torch.set_num_threads(settings.torch_threads)
+        assert settings.model is not None, "create_app needs settings.model set"
+        await asyncio.to_thread(service.load, Path(settings.model))
+        if settings.warmup:
+            await asyncio.to_thread(service.warmup)
+        service.start()
+        log.info("ready: %s with %d member(s)", service.model_id, len(service.members))
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:
+        message = exc.message if isinstance(exc, RewardError) else repr(exc)
+        service.load_error = message
+        log.error("startup failed: %s", message)
+        if on_fatal is not None:
+            on_fatal(message)
+
+
+def create_app(settings: Settings, on_fatal: Callable[[str], None] | None = None) -> FastAPI:
+    """Build the app for these settings; the model loads when the lifespan starts.
+
+    `on_fatal` is called with a one-line message if loading fails (the CLI uses it to exit).
+    """
+    metrics = Metrics()
+    service = RewardService(settings, metrics)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        loader = asyncio.create_task(_load(service, settings, on_fatal), name="model-loader")
+        try:
+            yield
+        finally:
+            loader.cancel()
+            try:
+                await loader
+            except asyncio.CancelledError:
+                pass
+            await service.stop()
+
+    app = FastAPI(
+        title="Reward model server",
+        version="0.1.0",
+        summary="Batch-invariant reward scoring for RLHF loops and best-of-n reranking.",
+        lifespan=lifespan,
+    )
+    app.state.service = service
+    app.state.metrics = metrics
+    app.state.settings = settings
+    install_error_handlers(app)
+    app.include_router(scoring.router)
+    app.include_router(openrlhf.router)
+    app.include_router(system.router)
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(RequestMetrics, metrics=metrics)
+    return app

@@ -1,0 +1,72 @@
+"""The one settings class: every field is a `reward-serve` flag and a `REWARD_*` environment variable.
+
+Field descriptions are the `--help` text and the README's configuration table.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from app.checkpoint import Aggregation
+
+
+class Settings(BaseSettings):
+    """Configuration of the scoring service."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="REWARD_", extra="forbid", cli_kebab_case=True, cli_implicit_flags=True, cli_prog_name="reward-serve"
+    )
+
+    model: str | None = Field(
+        default=None,
+        description="Checkpoint or ensemble directory to serve. Unset: the demo model, trained on first run.",
+    )
+    model_name: str | None = Field(default=None, description="Model id reported to clients (default: dir name).")
+    host: str = Field(default="127.0.0.1", description="Address to bind.")
+    port: int = Field(default=8000, ge=0, le=65535, description="Port to bind (0 picks a free one).")
+    device: str = Field(default="auto", description="auto | cpu | cuda | cuda:N. auto: GPU if present.")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        default="auto", description="auto: bf16 on GPUs that support it, fp16 on other GPUs, fp32 on CPU."
+    )
+    max_batch_size: int = Field(default=64, ge=1, description="Most items in one forward pass.")
+    max_batch_tokens: int = Field(
+        default=16384, ge=1, description="Token budget of one forward pass, counted as items x longest item."
+    )
+    max_wait_ms: float = Field(
+        default=2.0, ge=0.0, description="Longest wait for a batch to fill while the model is idle."
+    )
+    max_queue_items: int = Field(default=4096, ge=1, description="Queue bound per model copy; past it: 429.")
+    max_items_per_request: int = Field(default=1024, ge=1, description="Most items in one request; past it: 422.")
+    max_body_bytes: int = Field(default=16 * 1024 * 1024, ge=1024, description="Largest request body; past it: 413.")
+    max_input_tokens: int | None = Field(
+        default=None, ge=8, description="Cap on tokens per item, below the checkpoint's own max_length."
+    )
+    truncate: bool = Field(
+        default=True,
+        description="Truncate over-long items (prompt from the left, never the response end). Off: 422.",
+    )
+    normalize: bool = Field(
+        default=False, description="Default for the request-level `normalize` flag: (r - mean) / std."
+    )
+    aggregation: Aggregation | None = Field(
+        default=None, description="Ensemble aggregation default (default: the manifest's, else mean)."
+    )
+    uncertainty_coef: float | None = Field(
+        default=None, ge=0.0, description="λ in mean_minus_std aggregation (default: the manifest's, else 1)."
+    )
+    trust_remote_code: bool = Field(
+        default=False, description="Allow checkpoints to run their own Python code. Off unless you trust it."
+    )
+    torch_threads: int | None = Field(default=None, ge=1, description="CPU threads for torch (default: torch's).")
+    warmup: bool = Field(default=True, description="Run warm-up forward passes before /ready turns 200.")
+    log_level: Literal["debug", "info", "warning", "error"] = Field(default="info", description="Log level.")
+
+    @field_validator("device")
+    @classmethod
+    def _known_device(cls, value: str) -> str:
+        if value in ("auto", "cpu", "cuda") or (value.startswith("cuda:") and value[5:].isdigit()):
+            return value
+        raise ValueError("device must be auto, cpu, cuda or cuda:N")
