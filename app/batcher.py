@@ -16,6 +16,7 @@ Contract (as in Ray Serve's batch queue, capped by tokens as in TEI):
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import time
@@ -84,6 +85,8 @@ class DynamicBatcher:
         self._pending: list[_Entry] = []
         self._arrived = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._inflight: asyncio.Task[None] | None = None
+        self._picked: list[_Entry] = []
         # One thread owns the model: forward passes never overlap and never block the event loop.
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"forward-{name}")
 
@@ -98,18 +101,18 @@ class DynamicBatcher:
             self._task = asyncio.get_running_loop().create_task(self._loop(), name=f"batcher-{self.name}")
 
     async def stop(self) -> None:
-        """Stop the loop, fail whatever still waits, and release the model thread."""
+        """Stop the loop, let the batch in the model finish, fail whatever still waits, free the thread."""
         if self._task is not None:
             self._task.cancel()
-            try:
+            with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-            except asyncio.CancelledError:
-                pass
             self._task = None
-        for entry in self._pending:
+        if self._inflight is not None:
+            await asyncio.gather(self._inflight, return_exceptions=True)
+        for entry in [*self._picked, *self._pending]:
             if not entry.future.done():
                 entry.future.set_exception(NotReady("the server is shutting down"))
-        self._pending.clear()
+        self._picked, self._pending = [], []
         self._update_depth()
         self._executor.shutdown(wait=True)
 
@@ -119,9 +122,8 @@ class DynamicBatcher:
             self._purge_cancelled()
             if len(self._pending) + len(sequences) > self.max_queue_items:
                 self.metrics.rejected.inc(len(sequences))
-                raise Overloaded(
-                    f"queue full: {len(self._pending)} items waiting, limit {self.max_queue_items}; retry later"
-                )
+                waiting, limit = len(self._pending), self.max_queue_items
+                raise Overloaded(f"queue full: {waiting} items waiting, limit {limit}; retry later")
         loop = asyncio.get_running_loop()
         futures: list[asyncio.Future[ItemResult]] = []
         for tokens in sequences:
@@ -135,34 +137,37 @@ class DynamicBatcher:
     # -- the background task ------------------------------------------------------------------------
 
     async def _loop(self) -> None:
-        inflight: asyncio.Task[None] | None = None
         while True:
             if not self._pending:
                 await self._wait_arrival()
                 continue
-            busy = inflight is not None and not inflight.done()
+            busy = self._inflight is not None and not self._inflight.done()
             if busy and not self._full():
-                assert inflight is not None
-                await self._wait_arrival(also=inflight)
+                await self._wait_arrival(also=self._inflight)
                 continue
             if not busy and not self._full():
                 remaining = self._pending[0].enqueued + self.max_wait_s - self._clock()
                 if remaining > 0:
-                    await self._wait_arrival(timeout=remaining)
+                    await self._wait_arrival(wait_s=remaining)
                     continue
-            batch = self._take_batch()
-            if inflight is not None:
-                await inflight  # the next batch is picked; it runs as soon as the model is free
-            inflight = asyncio.create_task(self._run(batch)) if batch else None
+            self._picked = self._take_batch()
+            if self._inflight is not None:
+                # The next batch is picked; it runs the moment the model is free. Shielded so that
+                # stopping the loop never cancels a forward pass halfway.
+                await asyncio.shield(self._inflight)
+            batch, self._picked = self._picked, []
+            self._inflight = asyncio.create_task(self._run(batch)) if batch else None
 
-    async def _wait_arrival(self, timeout: float | None = None, also: asyncio.Future[None] | None = None) -> None:
+    async def _wait_arrival(
+        self, wait_s: float | None = None, also: asyncio.Task[None] | None = None
+    ) -> None:
         self._arrived.clear()
         waiter = asyncio.ensure_future(self._arrived.wait())
         waitables: set[asyncio.Future[object]] = {waiter}  # type: ignore[arg-type]
         if also is not None:
             waitables.add(also)  # type: ignore[arg-type]
         try:
-            await asyncio.wait(waitables, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait(waitables, timeout=wait_s, return_when=asyncio.FIRST_COMPLETED)
         finally:
             waiter.cancel()
 
@@ -189,7 +194,11 @@ class DynamicBatcher:
             # Padding each neighbour would add: a shorter one pads itself, a longer one pads everyone.
             left_cost = longest - order[lo - 1].length if lo > 0 else math.inf
             right_cost = count * (order[hi + 1].length - longest) if hi + 1 < len(order) else math.inf
-            if left_cost <= right_cost and left_cost < math.inf and (count + 1) * longest <= self.max_batch_tokens:
+            if (
+                left_cost <= right_cost
+                and left_cost < math.inf
+                and (count + 1) * longest <= self.max_batch_tokens
+            ):
                 lo -= 1
             elif right_cost < math.inf and (count + 1) * order[hi + 1].length <= self.max_batch_tokens:
                 hi += 1
@@ -213,14 +222,18 @@ class DynamicBatcher:
         padded = longest * len(live)
         loop = asyncio.get_running_loop()
         try:
-            rewards = await loop.run_in_executor(self._executor, self.runner.forward, [e.tokens for e in live])
+            rewards = await loop.run_in_executor(
+                self._executor, self.runner.forward, [e.tokens for e in live]
+            )
             if len(rewards) != len(live):
                 raise RuntimeError(f"runner returned {len(rewards)} rewards for {len(live)} inputs")
         except Exception as exc:
             if len(live) == 1:
                 log.warning("item failed on its own in %s: %r", self.name, exc)
                 if not live[0].future.done():
-                    live[0].future.set_exception(InferenceFailed(f"model {self.name!r} failed on this item: {exc}"))
+                    live[0].future.set_exception(
+                        InferenceFailed(f"model {self.name!r} failed on this item: {exc}")
+                    )
                 return
             log.warning("batch of %d failed in %s (%r); retrying in halves", len(live), self.name, exc)
             middle = len(live) // 2
@@ -241,7 +254,9 @@ class DynamicBatcher:
                 continue
             if not math.isfinite(reward):
                 m.nonfinite.labels(member).inc()
-                entry.future.set_exception(NonFiniteReward(f"model {self.name!r} produced a non-finite reward"))
+                entry.future.set_exception(
+                    NonFiniteReward(f"model {self.name!r} produced a non-finite reward")
+                )
             else:
                 entry.future.set_result(ItemResult(reward, started - entry.enqueued, elapsed))
 

@@ -62,7 +62,9 @@ class RewardMetadata(BaseModel):
     @classmethod
     def _known_version(cls, value: int) -> int:
         if value > FORMAT_VERSION:
-            raise ValueError(f"format_version {value} is newer than this software understands ({FORMAT_VERSION})")
+            raise ValueError(
+                f"format_version {value} is newer than this software understands ({FORMAT_VERSION})"
+            )
         return value
 
 

@@ -24,9 +24,7 @@ def main(argv: list[str] | None = None) -> None:
     """Entry point of `reward-serve`."""
     from pydantic_settings import CliApp
 
-    settings = CliApp.run(
-        Settings, cli_args=sys.argv[1:] if argv is None else argv, cli_settings_source=None
-    )
+    settings = CliApp.run(Settings, cli_args=sys.argv[1:] if argv is None else argv, cli_settings_source=None)
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )

@@ -25,7 +25,9 @@ def ensure_demo_model() -> Path:
     target = demo_model_dir()
     if (target / REWARD_FILE).exists():
         return target
-    log.warning("no demo model at %s: training it now on the bundled HH-RLHF data (~10 min on 2 cores)", target)
+    log.warning(
+        "no demo model at %s: training it now on the bundled HH-RLHF data (~10 min on 2 cores)", target
+    )
     from training.presets import train_demo  # the trainer is only needed on this first run
 
     train_demo(target)

@@ -116,13 +116,19 @@ class InputFormatter:
         )
         return [
             self._fit(ids, offsets, start)
-            for ids, offsets, (_, start) in zip(batch["input_ids"], batch["offset_mapping"], rendered, strict=True)
+            for ids, offsets, (_, start) in zip(
+                batch["input_ids"], batch["offset_mapping"], rendered, strict=True
+            )
         ]
 
     def _fit(self, body: list[int], offsets: list[tuple[int, int]], response_start: int) -> EncodedInput:
         prefix = self.prefix
-        if prefix and body and prefix[-1] == self.bos_id and body[0] == self.bos_id:
-            prefix = prefix[:-1]  # the text carries its own BOS (a chat template); never add a second
+        if body and self.bos_id is not None and body[0] == self.bos_id:
+            # The text carries its own BOS (a chat template, or an OpenRLHF query). Never add a second,
+            # and protect it from truncation like the tokenizer's own special tokens.
+            body, offsets = body[1:], offsets[1:]
+            if not prefix or prefix[-1] != self.bos_id:
+                prefix = [*prefix, self.bos_id]
         num_tokens = len(prefix) + len(body) + len(self.suffix)
         if num_tokens <= self.max_length:
             return EncodedInput(prefix + body + self.suffix, num_tokens, truncated=False)

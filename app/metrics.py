@@ -21,36 +21,63 @@ class Metrics:
         self.registry = registry or CollectorRegistry()
         r = self.registry
         self.requests = Counter(
-            f"{PREFIX}_requests_total", "HTTP requests by endpoint and status code", ["endpoint", "status"], registry=r
+            f"{PREFIX}_requests_total",
+            "HTTP requests by endpoint and status code",
+            ["endpoint", "status"],
+            registry=r,
         )
         self.request_duration = Histogram(
-            f"{PREFIX}_request_duration_seconds", "Request latency by endpoint", ["endpoint"],
-            buckets=LATENCY_BUCKETS, registry=r,
+            f"{PREFIX}_request_duration_seconds",
+            "Request latency by endpoint",
+            ["endpoint"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
         )
         self.queue_wait = Histogram(
-            f"{PREFIX}_queue_wait_seconds", "Time an item waits in the batch queue before its forward pass",
-            ["member"], buckets=LATENCY_BUCKETS, registry=r,
+            f"{PREFIX}_queue_wait_seconds",
+            "Time an item waits in the batch queue before its forward pass",
+            ["member"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
         )
         self.inference_duration = Histogram(
-            f"{PREFIX}_inference_duration_seconds", "Forward-pass time per batch, by ensemble member",
-            ["member"], buckets=LATENCY_BUCKETS, registry=r,
+            f"{PREFIX}_inference_duration_seconds",
+            "Forward-pass time per batch, by ensemble member",
+            ["member"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
         )
         self.batch_items = Histogram(
-            f"{PREFIX}_batch_size_items", "Items per forward pass", ["member"], buckets=SIZE_BUCKETS, registry=r
+            f"{PREFIX}_batch_size_items",
+            "Items per forward pass",
+            ["member"],
+            buckets=SIZE_BUCKETS,
+            registry=r,
         )
         self.batch_tokens = Histogram(
-            f"{PREFIX}_batch_size_tokens", "Padded tokens per forward pass (items x longest item)",
-            ["member"], buckets=TOKEN_BUCKETS, registry=r,
+            f"{PREFIX}_batch_size_tokens",
+            "Padded tokens per forward pass (items x longest item)",
+            ["member"],
+            buckets=TOKEN_BUCKETS,
+            registry=r,
         )
         self.padding_ratio = Histogram(
-            f"{PREFIX}_batch_padding_ratio", "Share of a batch's tokens that are padding",
-            ["member"], buckets=RATIO_BUCKETS, registry=r,
+            f"{PREFIX}_batch_padding_ratio",
+            "Share of a batch's tokens that are padding",
+            ["member"],
+            buckets=RATIO_BUCKETS,
+            registry=r,
         )
         self.real_tokens = Counter(
-            f"{PREFIX}_batch_real_tokens_total", "Real (unpadded) tokens sent to the model", ["member"], registry=r
+            f"{PREFIX}_batch_real_tokens_total",
+            "Real (unpadded) tokens sent to the model",
+            ["member"],
+            registry=r,
         )
         self.padded_tokens = Counter(
-            f"{PREFIX}_batch_padded_tokens_total", "Tokens sent to the model including padding", ["member"],
+            f"{PREFIX}_batch_padded_tokens_total",
+            "Tokens sent to the model including padding",
+            ["member"],
             registry=r,
         )
         self.queue_depth = Gauge(
@@ -64,14 +91,18 @@ class Metrics:
             f"{PREFIX}_items_rejected_total", "Items refused because the queue was full", registry=r
         )
         self.reward_value = Histogram(
-            f"{PREFIX}_value", "Distribution of returned rewards, to watch for drift", buckets=REWARD_BUCKETS,
+            f"{PREFIX}_value",
+            "Distribution of returned rewards, to watch for drift",
+            buckets=REWARD_BUCKETS,
             registry=r,
         )
         self.nonfinite = Counter(
             f"{PREFIX}_nonfinite_total", "Non-finite rewards produced by a model", ["member"], registry=r
         )
         self.disagreement = Histogram(
-            f"{PREFIX}_ensemble_disagreement", "Standard deviation of member rewards per item",
-            buckets=SPREAD_BUCKETS, registry=r,
+            f"{PREFIX}_ensemble_disagreement",
+            "Standard deviation of member rewards per item",
+            buckets=SPREAD_BUCKETS,
+            registry=r,
         )
         self.ready = Gauge(f"{PREFIX}_ready", "1 once the model is loaded and warmed up", registry=r)

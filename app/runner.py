@@ -84,7 +84,9 @@ class RewardModelRunner:
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype, self.device)
         try:
-            self.tokenizer = AutoTokenizer.from_pretrained(self.checkpoint, trust_remote_code=trust_remote_code)
+            self.tokenizer = AutoTokenizer.from_pretrained(
+                self.checkpoint, trust_remote_code=trust_remote_code
+            )
             model = AutoModelForSequenceClassification.from_pretrained(
                 self.checkpoint, dtype=self.dtype, trust_remote_code=trust_remote_code
             )
@@ -106,9 +108,7 @@ class RewardModelRunner:
         self.last_token_pooling = _uses_last_token_pooling(model)
         self.max_positions = _max_positions(model.config)
         self.weights_sha256 = weights_sha256(self.checkpoint)
-        log.info(
-            "loaded %s (%s) on %s as %s", self.checkpoint, self.architecture, self.device, self.dtype
-        )
+        log.info("loaded %s (%s) on %s as %s", self.checkpoint, self.architecture, self.device, self.dtype)
 
     @property
     def num_parameters(self) -> int:

@@ -7,6 +7,7 @@ every member is loaded and warmed up; a load failure is logged in one line and r
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
@@ -92,10 +93,8 @@ def create_app(settings: Settings, on_fatal: Callable[[str], None] | None = None
             yield
         finally:
             loader.cancel()
-            try:
+            with contextlib.suppress(asyncio.CancelledError):
                 await loader
-            except asyncio.CancelledError:
-                pass
             await service.stop()
 
     app = FastAPI(

@@ -33,8 +33,6 @@ from app.settings import Settings
 
 log = logging.getLogger(__name__)
 
-WARMUP_ITEM = RewardInput.from_prompt_response("Hello, how are you?", "I am fine, thank you.")
-
 
 @dataclass
 class Member:
@@ -171,14 +169,18 @@ class RewardService:
         return Member(name, runner, formatter, batcher, metadata, weight, key)
 
     def warmup(self) -> None:
-        """Run each member once on a short item and once at the token budget (blocking)."""
+        """Run each member on one short input and on a full token budget, so /ready means fast."""
         for member in self.members:
-            short = member.formatter.encode([WARMUP_ITEM])[0].input_ids
-            member.runner.forward([short])
-            longest = member.formatter.max_length
-            rows = max(1, min(self.settings.max_batch_size, member.batcher.max_batch_tokens // longest))
-            filler = [(short * (longest // len(short) + 1))[:longest]] * rows
-            member.runner.forward(filler)
+            fmt = member.formatter
+            filler = fmt.tokenizer("hello", add_special_tokens=False)["input_ids"][:1] or [
+                member.runner.pad_id
+            ]
+            content = fmt.max_length - len(fmt.prefix) - len(fmt.suffix)
+            member.runner.forward([fmt.prefix + filler + fmt.suffix])
+            rows = max(
+                1, min(self.settings.max_batch_size, member.batcher.max_batch_tokens // fmt.max_length)
+            )
+            member.runner.forward([fmt.prefix + filler * content + fmt.suffix] * rows)
 
     def start(self) -> None:
         """Start every member's batcher (inside the event loop) and mark the service ready."""
@@ -227,8 +229,12 @@ class RewardService:
         # Raw scales differ between members, so an ensemble always aggregates standardized rewards.
         normalized = len(self.members) > 1 or (self.settings.normalize if normalize is None else normalize)
         encodings = await self._encode(items)
-        member_futures = [m.batcher.submit([e.input_ids for e in encodings[m.encoding_key]]) for m in self.members]
-        results = await asyncio.gather(*(asyncio.gather(*fs, return_exceptions=True) for fs in member_futures))
+        member_futures = [
+            m.batcher.submit([e.input_ids for e in encodings[m.encoding_key]]) for m in self.members
+        ]
+        results = await asyncio.gather(
+            *(asyncio.gather(*fs, return_exceptions=True) for fs in member_futures)
+        )
         scored, queue_s, infer_s = [], 0.0, 0.0
         weights = [m.weight for m in self.members]
         for index in range(len(items)):
@@ -272,7 +278,9 @@ class RewardService:
         preferred = "a" if a.reward > b.reward else "b" if b.reward > a.reward else "tie"
         sign = (a.reward > b.reward) - (a.reward < b.reward)
         agreeing = sum(
-            1 for ra, rb in zip(a.member_rewards, b.member_rewards, strict=True) if (ra > rb) - (ra < rb) == sign
+            1
+            for ra, rb in zip(a.member_rewards, b.member_rewards, strict=True)
+            if (ra > rb) - (ra < rb) == sign
         )
         return Comparison(a, b, prob, preferred, agreeing, temperature, outcome)
 
@@ -301,7 +309,9 @@ class RewardService:
         groups: dict[str, Member] = {}
         for member in self.members:
             groups.setdefault(member.encoding_key, member)
-        encoded = await asyncio.gather(*(asyncio.to_thread(m.formatter.encode, items) for m in groups.values()))
+        encoded = await asyncio.gather(
+            *(asyncio.to_thread(m.formatter.encode, items) for m in groups.values())
+        )
         return dict(zip(groups, encoded, strict=True))
 
     def _observe(self, scored: list[ScoredItem]) -> None:
@@ -338,4 +348,3 @@ def _encoding_key(tokenizer: object, formatter: InputFormatter) -> str:
 
 
 __all__ = ["Comparison", "Member", "Ranking", "RewardService", "ScoreOutcome", "ScoredItem"]
-

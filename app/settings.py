@@ -17,14 +17,20 @@ class Settings(BaseSettings):
     """Configuration of the scoring service."""
 
     model_config = SettingsConfigDict(
-        env_prefix="REWARD_", extra="forbid", cli_kebab_case=True, cli_implicit_flags=True, cli_prog_name="reward-serve"
+        env_prefix="REWARD_",
+        extra="forbid",
+        cli_kebab_case=True,
+        cli_implicit_flags=True,
+        cli_prog_name="reward-serve",
     )
 
     model: str | None = Field(
         default=None,
         description="Checkpoint or ensemble directory to serve. Unset: the demo model, trained on first run.",
     )
-    model_name: str | None = Field(default=None, description="Model id reported to clients (default: dir name).")
+    model_name: str | None = Field(
+        default=None, description="Model id reported to clients (default: dir name)."
+    )
     host: str = Field(default="127.0.0.1", description="Address to bind.")
     port: int = Field(default=8000, ge=0, le=65535, description="Port to bind (0 picks a free one).")
     device: str = Field(default="auto", description="auto | cpu | cuda | cuda:N. auto: GPU if present.")
@@ -39,8 +45,12 @@ class Settings(BaseSettings):
         default=2.0, ge=0.0, description="Longest wait for a batch to fill while the model is idle."
     )
     max_queue_items: int = Field(default=4096, ge=1, description="Queue bound per model copy; past it: 429.")
-    max_items_per_request: int = Field(default=1024, ge=1, description="Most items in one request; past it: 422.")
-    max_body_bytes: int = Field(default=16 * 1024 * 1024, ge=1024, description="Largest request body; past it: 413.")
+    max_items_per_request: int = Field(
+        default=1024, ge=1, description="Most items in one request; past it: 422."
+    )
+    max_body_bytes: int = Field(
+        default=16 * 1024 * 1024, ge=1024, description="Largest request body; past it: 413."
+    )
     max_input_tokens: int | None = Field(
         default=None, ge=8, description="Cap on tokens per item, below the checkpoint's own max_length."
     )
@@ -60,7 +70,9 @@ class Settings(BaseSettings):
     trust_remote_code: bool = Field(
         default=False, description="Allow checkpoints to run their own Python code. Off unless you trust it."
     )
-    torch_threads: int | None = Field(default=None, ge=1, description="CPU threads for torch (default: torch's).")
+    torch_threads: int | None = Field(
+        default=None, ge=1, description="CPU threads for torch (default: torch's)."
+    )
     warmup: bool = Field(default=True, description="Run warm-up forward passes before /ready turns 200.")
     log_level: Literal["debug", "info", "warning", "error"] = Field(default="info", description="Log level.")
 

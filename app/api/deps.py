@@ -53,10 +53,10 @@ def timing_headers(response: Response, outcome: ScoreOutcome) -> None:
     response.headers["X-Inference-Time-Ms"] = f"{outcome.inference_seconds * 1000:.3f}"
 
 
-def member_rewards(service: RewardService, outcome: ScoreOutcome, wanted: bool) -> dict[str, list[float]] | None:
+def member_rewards(
+    service: RewardService, outcome: ScoreOutcome, wanted: bool
+) -> dict[str, list[float]] | None:
     """Each member's reward per item, keyed by member name, when the client asked for them."""
     if not wanted:
         return None
-    return {
-        m.name: [item.member_rewards[i] for item in outcome.items] for i, m in enumerate(service.members)
-    }
+    return {m.name: [item.member_rewards[i] for item in outcome.items] for i, m in enumerate(service.members)}

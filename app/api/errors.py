@@ -85,11 +85,15 @@ def install_error_handlers(app: FastAPI) -> None:
     async def on_http_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, StarletteHTTPException)
         kind = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-        return JSONResponse(error_body(kind, str(exc.detail)), status_code=exc.status_code, headers=exc.headers)
+        return JSONResponse(
+            error_body(kind, str(exc.detail)), status_code=exc.status_code, headers=exc.headers
+        )
 
     async def on_disconnect(request: Request, exc: Exception) -> JSONResponse:
         # 499 (nginx's "client closed request") keeps these apart from real errors in the metrics.
-        return JSONResponse(error_body("client_disconnected", "client closed the connection"), status_code=499)
+        return JSONResponse(
+            error_body("client_disconnected", "client closed the connection"), status_code=499
+        )
 
     async def on_unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error on %s", request.url.path)

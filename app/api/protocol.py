@@ -56,8 +56,12 @@ class ScoringOptions(Strict):
     normalize: bool | None = Field(
         default=None, description="Return (r - mean) / std from reward.json (default: the server's setting)."
     )
-    aggregation: Aggregation | None = Field(default=None, description="Ensemble aggregation for this request.")
-    return_member_rewards: bool = Field(default=False, description="Also return each ensemble member's reward.")
+    aggregation: Aggregation | None = Field(
+        default=None, description="Ensemble aggregation for this request."
+    )
+    return_member_rewards: bool = Field(
+        default=False, description="Also return each ensemble member's reward."
+    )
 
 
 class ScoreRequest(ScoringOptions):
@@ -108,7 +112,9 @@ class CompareRequest(ScoringOptions):
     model_config = ConfigDict(
         extra="forbid",
         json_schema_extra={
-            "examples": [{"prompt": "How do I boil an egg?", "response_a": "Boil it 8 minutes.", "response_b": "No."}]
+            "examples": [
+                {"prompt": "How do I boil an egg?", "response_a": "Boil it 8 minutes.", "response_b": "No."}
+            ]
         },
     )
 
@@ -138,7 +144,9 @@ class BestOfNRequest(ScoringOptions):
 
     model_config = ConfigDict(
         extra="forbid",
-        json_schema_extra={"examples": [{"prompt": "Name a prime.", "responses": ["4", "7", "9"], "top_k": 1}]},
+        json_schema_extra={
+            "examples": [{"prompt": "Name a prime.", "responses": ["4", "7", "9"], "top_k": 1}]
+        },
     )
 
 

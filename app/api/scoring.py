@@ -10,6 +10,7 @@ from app.api.protocol import (
     BestOfNResponse,
     CompareRequest,
     CompareResponse,
+    Message,
     MessagesItem,
     ScoreItem,
     ScoreRequest,
@@ -27,12 +28,16 @@ def _to_input(item: ScoreItem) -> RewardInput:
     return RewardInput.from_prompt_response(prompt, item.response)
 
 
-def _prompt(value: str | list[object]) -> str | list[dict[str, str]]:
-    return value if isinstance(value, str) else [m.model_dump() for m in value]  # type: ignore[attr-defined]
+def _prompt(value: str | list[Message]) -> str | list[dict[str, str]]:
+    return value if isinstance(value, str) else [m.model_dump() for m in value]
 
 
-@router.post("/score", response_model=ScoreResponse, summary="Score (prompt, response) pairs or conversations")
-async def score_items(body: ScoreRequest, request: Request, response: Response, service: ReadyService) -> ScoreResponse:
+@router.post(
+    "/score", response_model=ScoreResponse, summary="Score (prompt, response) pairs or conversations"
+)
+async def score_items(
+    body: ScoreRequest, request: Request, response: Response, service: ReadyService
+) -> ScoreResponse:
     """Rewards in input order. An item's reward never depends on what else is in the batch."""
     service.check_count(len(body.items))
     items = [_to_input(item) for item in body.items]

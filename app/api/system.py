@@ -24,12 +24,16 @@ async def get_ready(request: Request) -> JSONResponse:
     """200 once every member is loaded and warmed up; 503 before."""
     service: RewardService = request.app.state.service
     if not service.ready:
-        message = f"loading failed: {service.load_error}" if service.load_error else "the model is still loading"
+        message = (
+            f"loading failed: {service.load_error}" if service.load_error else "the model is still loading"
+        )
         return JSONResponse(error_body("not_ready", message), status_code=503, headers={"Retry-After": "5"})
     return JSONResponse({"status": "ready", "model": service.model_id})
 
 
-@router.get("/info", response_model=InfoResponse, summary="What is served, on which device, with which settings")
+@router.get(
+    "/info", response_model=InfoResponse, summary="What is served, on which device, with which settings"
+)
 async def get_info(request: Request) -> InfoResponse:
     """Model, members, dtype, device, max length, normalization, calibration and weight hashes."""
     service: RewardService = request.app.state.service

@@ -1,0 +1,5 @@
+"""`python -m app` is `reward-serve`."""
+
+from app.cli import main
+
+main()

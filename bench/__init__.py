@@ -1,0 +1,1 @@
+"""Benchmarks: the service against the offline limit and a naive server, in one run."""

@@ -1,0 +1,203 @@
+"""DynamicBatcher contract, with a fake runner gated by events (no sleeps, no model)."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import threading
+from collections.abc import Sequence
+
+import pytest
+
+from app.batcher import DynamicBatcher
+from app.errors import InferenceFailed, NonFiniteReward, NotReady, Overloaded
+
+FAIL_TOKEN, NAN_TOKEN = 99, 77
+
+
+class FakeRunner:
+    """Reward = sum of token ids. Fails on FAIL_TOKEN, returns NaN on NAN_TOKEN, can be held at a gate."""
+
+    def __init__(self, hold: bool = False) -> None:
+        self.batches: list[list[list[int]]] = []
+        self.entered = threading.Event()
+        self.gate = threading.Event()
+        if not hold:
+            self.gate.set()
+
+    def forward(self, sequences: Sequence[Sequence[int]]) -> list[float]:
+        self.batches.append([list(s) for s in sequences])
+        self.entered.set()
+        assert self.gate.wait(timeout=10), "test never opened the gate"
+        if any(FAIL_TOKEN in s for s in sequences):
+            raise RuntimeError("boom")
+        return [math.nan if NAN_TOKEN in s else float(sum(s)) for s in sequences]
+
+    async def wait_entered(self) -> None:
+        assert await asyncio.to_thread(self.entered.wait, 10), "runner never started"
+        self.entered.clear()
+
+
+async def run_with(batcher: DynamicBatcher, coro):
+    batcher.start()
+    try:
+        return await asyncio.wait_for(coro, timeout=10)
+    finally:
+        await batcher.stop()
+
+
+def results(futures):
+    return [f.result().reward for f in futures]
+
+
+async def test_flushes_when_max_batch_size_is_reached_without_waiting():
+    runner = FakeRunner()
+    batcher = DynamicBatcher(runner, max_batch_size=4, max_wait_s=60.0)
+
+    async def body():
+        futures = batcher.submit([[1], [2], [3], [4]])
+        await asyncio.gather(*futures)
+        return results(futures)
+
+    assert await run_with(batcher, body()) == [1.0, 2.0, 3.0, 4.0]
+    assert runner.batches == [[[1], [2], [3], [4]]]
+
+
+async def test_flushes_a_partial_batch_after_max_wait():
+    runner = FakeRunner()
+    batcher = DynamicBatcher(runner, max_batch_size=100, max_wait_s=0.005)
+
+    async def body():
+        futures = batcher.submit([[5], [6]])
+        await asyncio.gather(*futures)
+        return results(futures)
+
+    assert await run_with(batcher, body()) == [5.0, 6.0]
+    assert runner.batches == [[[5], [6]]]
+
+
+async def test_items_that_arrive_while_the_model_is_busy_form_the_next_batch():
+    runner = FakeRunner(hold=True)
+    batcher = DynamicBatcher(runner, max_batch_size=8, max_wait_s=0.0)
+
+    async def body():
+        first = batcher.submit([[1]])
+        await runner.wait_entered()
+        later = [batcher.submit([[i]])[0] for i in (2, 3, 4)]
+        assert batcher.queue_depth == 3 and not any(f.done() for f in later)
+        runner.gate.set()
+        await asyncio.gather(*first, *later)
+
+    await run_with(batcher, body())
+    assert runner.batches == [[[1]], [[2], [3], [4]]]
+
+
+async def test_batches_respect_the_token_budget():
+    runner = FakeRunner(hold=True)
+    batcher = DynamicBatcher(runner, max_batch_size=64, max_batch_tokens=10, max_wait_s=0.0)
+
+    async def body():
+        first = batcher.submit([[1] * 5])
+        await runner.wait_entered()
+        rest = batcher.submit([[1] * 5, [1] * 5, [1] * 4, [1] * 3])
+        runner.gate.set()
+        await asyncio.gather(*first, *rest)
+
+    await run_with(batcher, body())
+    assert all(len(b) * max(len(s) for s in b) <= 10 for b in runner.batches)
+    assert sorted(len(s) for b in runner.batches for s in b) == [3, 4, 5, 5, 5]
+
+
+async def test_similar_lengths_are_grouped_and_the_oldest_item_goes_first():
+    runner = FakeRunner(hold=True)
+    batcher = DynamicBatcher(runner, max_batch_size=3, max_wait_s=0.0)
+    short = [[1] * n for n in (1, 2, 3)]
+    long = [[1] * n for n in (50, 51, 52)]
+
+    async def body():
+        blocker = batcher.submit([[0]])
+        await runner.wait_entered()
+        queued = batcher.submit([short[0], long[0], short[1], long[1], short[2], long[2]])
+        runner.gate.set()
+        await asyncio.gather(*blocker, *queued)
+
+    await run_with(batcher, body())
+    assert [sorted(len(s) for s in b) for b in runner.batches[1:]] == [[1, 2, 3], [50, 51, 52]]
+
+
+async def test_a_failing_item_fails_alone_and_the_rest_of_its_batch_succeeds():
+    runner = FakeRunner()
+    batcher = DynamicBatcher(runner, max_batch_size=4, max_wait_s=60.0)
+
+    async def body():
+        futures = batcher.submit([[1], [FAIL_TOKEN], [3], [4]])
+        return await asyncio.gather(*futures, return_exceptions=True)
+
+    outcome = await run_with(batcher, body())
+    assert [r.reward for r in (outcome[0], outcome[2], outcome[3])] == [1.0, 3.0, 4.0]
+    assert isinstance(outcome[1], InferenceFailed) and "boom" in outcome[1].message
+    assert runner.batches[0] == [[1], [FAIL_TOKEN], [3], [4]]  # then halves, then the failing item alone
+    assert [[FAIL_TOKEN]] in runner.batches and [[3], [4]] in runner.batches
+
+
+async def test_non_finite_rewards_become_errors_for_that_item_only():
+    runner = FakeRunner()
+    batcher = DynamicBatcher(runner, max_batch_size=2, max_wait_s=60.0)
+
+    async def body():
+        return await asyncio.gather(*batcher.submit([[NAN_TOKEN], [2]]), return_exceptions=True)
+
+    bad, good = await run_with(batcher, body())
+    assert isinstance(bad, NonFiniteReward) and good.reward == 2.0
+
+
+async def test_cancelled_items_are_dropped_before_compute():
+    runner = FakeRunner(hold=True)
+    batcher = DynamicBatcher(runner, max_batch_size=8, max_wait_s=0.0)
+
+    async def body():
+        blocker = batcher.submit([[1]])
+        await runner.wait_entered()
+        gone, kept = batcher.submit([[42], [7]])
+        gone.cancel()  # what a client disconnect does to its items
+        runner.gate.set()
+        await asyncio.gather(*blocker, kept)
+
+    await run_with(batcher, body())
+    assert runner.batches == [[[1]], [[7]]]
+
+
+async def test_a_full_queue_refuses_whole_requests():
+    runner = FakeRunner(hold=True)
+    batcher = DynamicBatcher(runner, max_batch_size=1, max_wait_s=0.0, max_queue_items=3)
+
+    async def body():
+        blocker = batcher.submit([[1]])
+        await runner.wait_entered()
+        queued = batcher.submit([[2], [3]])
+        with pytest.raises(Overloaded, match="queue full"):
+            batcher.submit([[4], [5]])  # all or nothing: 2 + 2 > 3
+        queued += batcher.submit([[6]])
+        runner.gate.set()
+        await asyncio.gather(*blocker, *queued)
+        return results(queued)
+
+    assert await run_with(batcher, body()) == [2.0, 3.0, 6.0]
+    assert [4] not in [s for b in runner.batches for s in b]
+
+
+async def test_stop_finishes_the_batch_in_the_model_and_fails_the_rest():
+    runner = FakeRunner(hold=True)
+    batcher = DynamicBatcher(runner, max_batch_size=1, max_wait_s=0.0)
+    batcher.start()
+    [in_model] = batcher.submit([[1]])
+    await runner.wait_entered()
+    picked, queued = batcher.submit([[2], [3]])  # [2] is picked as the next batch, [3] waits behind it
+    stopping = asyncio.ensure_future(batcher.stop())
+    await asyncio.sleep(0)  # let stop() cancel the loop while the model is still busy
+    assert not in_model.done()
+    runner.gate.set()
+    await asyncio.wait_for(stopping, 10)
+    assert in_model.result().reward == 1.0
+    assert isinstance(picked.exception(), NotReady) and isinstance(queued.exception(), NotReady)
+    assert runner.batches == [[[1]]]

@@ -1,0 +1,152 @@
+"""RewardService on tiny real models: parity with transformers, batch invariance, pooling, limits."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+from app.errors import InvalidInput
+from app.formatting import RewardInput
+from app.metrics import Metrics
+from app.service import RewardService
+from app.settings import Settings
+from tests.tiny_models import save_llama
+
+ITEMS = [
+    RewardInput.from_prompt_response(
+        "how do I bake bread?", "mix flour, water, salt and yeast, then knead it."
+    ),
+    RewardInput.from_prompt_response("hi", "no"),
+    RewardInput.from_prompt_response("what is two plus two? " * 6, "two plus two is four."),
+    RewardInput.from_messages(
+        [
+            {"role": "system", "content": "be kind"},
+            {"role": "user", "content": "thanks"},
+            {"role": "assistant", "content": "you are welcome"},
+        ]
+    ),
+]
+
+
+@asynccontextmanager
+async def running(model: Path, **overrides: object) -> AsyncIterator[RewardService]:
+    settings = Settings(model=str(model), warmup=False, max_wait_ms=1.0, **overrides)
+    service = RewardService(settings, Metrics())
+    service.load(model)
+    service.start()
+    try:
+        yield service
+    finally:
+        await service.stop()
+
+
+def direct_rewards(model_dir: Path, service: RewardService, items: list[RewardInput]) -> list[float]:
+    """One unpadded transformers forward pass per item, on the formatter's input ids."""
+    model = AutoModelForSequenceClassification.from_pretrained(model_dir).eval()
+    ids = [e.input_ids for e in service.members[0].formatter.encode(items)]
+    with torch.no_grad():
+        return [float(model(input_ids=torch.tensor([x])).logits[0, 0]) for x in ids]
+
+
+@pytest.mark.parametrize("fixture", ["bert_dir", "llama_dir"])
+async def test_rewards_match_a_direct_forward_pass(fixture: str, request: pytest.FixtureRequest):
+    model_dir = request.getfixturevalue(fixture)
+    async with running(model_dir) as service:
+        outcome = await service.score(ITEMS)
+        expected = direct_rewards(model_dir, service, ITEMS)
+    assert outcome.rewards == pytest.approx(expected, abs=1e-4)
+    assert len(set(round(r, 4) for r in outcome.rewards)) == len(ITEMS)  # the head really discriminates
+
+
+async def test_bert_parity_with_the_tokenizers_own_encoding(bert_dir: Path):
+    """The plain format through the model's own tokenizer call, no project code in the reference."""
+    model = AutoModelForSequenceClassification.from_pretrained(bert_dir).eval()
+    tokenizer = AutoTokenizer.from_pretrained(bert_dir)
+    async with running(bert_dir) as service:
+        [reward] = (await service.score([RewardInput.from_prompt_response("hi", "hello there")])).rewards
+    with torch.no_grad():
+        expected = model(**tokenizer("\n\nHuman: hi\n\nAssistant: hello there", return_tensors="pt")).logits[
+            0, 0
+        ]
+    assert reward == pytest.approx(float(expected), abs=1e-4)
+
+
+@pytest.mark.parametrize("fixture", ["bert_dir", "llama_dir"])
+async def test_a_reward_does_not_depend_on_its_batch(fixture: str, request: pytest.FixtureRequest):
+    model_dir = request.getfixturevalue(fixture)
+    async with running(model_dir, max_batch_size=64) as service:
+        alone = [(await service.score([item])).rewards[0] for item in ITEMS]
+        mixed = (await service.score(ITEMS * 3)).rewards
+    for i, reward in enumerate(mixed):
+        assert abs(reward - alone[i % len(ITEMS)]) <= 1e-4
+
+
+async def test_pooling_reads_the_last_real_token_when_pad_equals_eos(tmp_path: Path):
+    """Chat-formatted items end in EOS; with pad == eos a pad-id search would pool one token early."""
+    model_dir = save_llama(tmp_path / "pad-eos")
+    config_path = model_dir / "config.json"
+    config = json.loads(config_path.read_text())
+    config["pad_token_id"] = config["eos_token_id"]
+    config_path.write_text(json.dumps(config))
+    model = AutoModelForSequenceClassification.from_pretrained(model_dir).eval()
+    async with running(model_dir) as service:
+        assert service.members[0].runner.pad_id == config["eos_token_id"]
+        outcome = await service.score(ITEMS)
+        ids = [e.input_ids for e in service.members[0].formatter.encode(ITEMS)]
+    with torch.no_grad():
+        expected = [
+            float(model.score(model.model(torch.tensor([x])).last_hidden_state[0, -1])[0]) for x in ids
+        ]
+    assert all(x[-1] == config["eos_token_id"] for x in ids)
+    assert outcome.rewards == pytest.approx(expected, abs=1e-4)
+
+
+async def test_normalize_uses_reward_json_statistics(tmp_path: Path):
+    model_dir = save_llama(tmp_path / "norm", normalization={"mean": 0.5, "std": 2.0})
+    async with running(model_dir) as service:
+        raw = (await service.score(ITEMS[:2])).rewards
+        normalized = await service.score(ITEMS[:2], normalize=True)
+    assert normalized.normalized
+    assert normalized.rewards == pytest.approx([(r - 0.5) / 2.0 for r in raw], abs=1e-6)
+
+
+async def test_compare_is_calibrated_and_symmetric(tmp_path: Path):
+    model_dir = save_llama(tmp_path / "calibrated", calibration={"temperature": 2.0})
+    async with running(model_dir) as service:
+        ab = await service.compare("hi", "hello there", "no")
+        ba = await service.compare("hi", "no", "hello there")
+    diff = ab.a.reward - ab.b.reward
+    assert ab.prob_a_better == pytest.approx(1.0 / (1.0 + pytest.importorskip("math").exp(-diff / 2.0)))
+    assert ab.prob_a_better + ba.prob_a_better == pytest.approx(1.0)
+    assert ab.preferred == ("a" if diff > 0 else "b") and ba.preferred != ab.preferred
+
+
+async def test_best_of_n_ranks_by_reward(llama_dir: Path):
+    responses = ["no", "mix flour and water", "two plus two is four", "hello"]
+    async with running(llama_dir) as service:
+        ranking = await service.best_of_n("how do I bake bread?", responses)
+    rewards = ranking.outcome.rewards
+    assert ranking.ranking == sorted(range(4), key=lambda i: -rewards[i])
+    assert ranking.ranking[0] == max(range(4), key=lambda i: rewards[i])
+
+
+async def test_item_count_limits(llama_dir: Path):
+    async with running(llama_dir, max_items_per_request=2) as service:
+        with pytest.raises(InvalidInput, match="3 items in one request, over the limit of 2"):
+            await service.score(ITEMS[:3])
+        with pytest.raises(InvalidInput, match="at least one item"):
+            await service.score([])
+
+
+async def test_truncated_items_are_reported(llama_dir: Path):
+    async with running(llama_dir, max_input_tokens=16) as service:
+        outcome = await service.score([ITEMS[0], RewardInput.from_prompt_response("hi", "ok")])
+    first, second = outcome.items
+    assert first.truncated and first.num_tokens > 16
+    assert not second.truncated and second.num_tokens <= 16

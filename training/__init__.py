@@ -1,0 +1,1 @@
+"""Reward-model training: preference data to servable checkpoints and evaluation reports."""
