@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -76,6 +77,7 @@ class RewardModelRunner:
         dtype: str = "auto",
         trust_remote_code: bool = False,
         metadata: RewardMetadata | None = None,
+        device_lock: threading.Lock | None = None,
     ) -> None:
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
@@ -105,9 +107,11 @@ class RewardModelRunner:
         self.model = model.to(self.device).eval()
         self.pad_id = int(self.tokenizer.pad_token_id)
         self.architecture = type(model).__name__
-        self.last_token_pooling = _uses_last_token_pooling(model)
         self.max_positions = _max_positions(model.config)
         self.weights_sha256 = weights_sha256(self.checkpoint)
+        # Ensemble members on one device take turns: concurrent forward passes would only fight
+        # over the same cores or streams and make every member slower.
+        self.device_lock = device_lock or threading.Lock()
         log.info("loaded %s (%s) on %s as %s", self.checkpoint, self.architecture, self.device, self.dtype)
 
     @property
@@ -121,15 +125,13 @@ class RewardModelRunner:
         batch = pad_batch(sequences, self.pad_id)
         input_ids = batch.input_ids.to(self.device, non_blocking=True)
         attention_mask = batch.attention_mask.to(self.device, non_blocking=True)
-        if self.last_token_pooling:
-            base = getattr(self.model, self.model.base_model_prefix)
-            hidden = base(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-            last = attention_mask.sum(dim=1) - 1
-            pooled = hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
-            logits = self.model.score(pooled)
-        else:
-            logits = self.model(input_ids=input_ids, attention_mask=attention_mask).logits
-        return [float(x) for x in logits[:, 0].float().cpu().tolist()]
+        try:
+            with self.device_lock:
+                rewards = reward_logits(self.model, input_ids, attention_mask)
+        except torch.OutOfMemoryError:
+            self.empty_cache()  # so that the batcher's retry on half the batch has the memory back
+            raise
+        return [float(x) for x in rewards.float().cpu().tolist()]
 
     def empty_cache(self) -> None:
         """Release cached accelerator memory after an out-of-memory error."""
@@ -137,7 +139,22 @@ class RewardModelRunner:
             torch.cuda.empty_cache()
 
 
-def _uses_last_token_pooling(model: Any) -> bool:
+def reward_logits(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """One reward per right-padded row; training and serving both read rewards through this function.
+
+    Decoder classifiers are pooled at the last real token from the attention mask, never by searching
+    for the pad id, which lands one token early when pad == eos and the input ends with eos.
+    """
+    if uses_last_token_pooling(model):
+        base = getattr(model, model.base_model_prefix)
+        hidden = base(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        last = attention_mask.sum(dim=1) - 1
+        pooled = hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
+        return model.score(pooled)[:, 0]
+    return model(input_ids=input_ids, attention_mask=attention_mask).logits[:, 0]
+
+
+def uses_last_token_pooling(model: Any) -> bool:
     """Decoder classifiers (Llama, Qwen, Mistral, GPT-2...) put a `score` head on every position."""
     head = getattr(model, "score", None)
     base = getattr(model, getattr(model, "base_model_prefix", ""), None)

@@ -11,6 +11,7 @@ import asyncio
 import hashlib
 import logging
 import math
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -112,6 +113,7 @@ class RewardService:
         self.ready = False
         self.untrained_head = False
         self.load_error: str | None = None
+        self._device_locks: dict[str, threading.Lock] = {}
 
     # -- lifecycle ------------------------------------------------------------------------------------
 
@@ -146,7 +148,12 @@ class RewardService:
         s = self.settings
         metadata = validate_checkpoint(path)
         runner = RewardModelRunner(
-            path, device=device, dtype=s.dtype, trust_remote_code=s.trust_remote_code, metadata=metadata
+            path,
+            device=device,
+            dtype=s.dtype,
+            trust_remote_code=s.trust_remote_code,
+            metadata=metadata,
+            device_lock=self._device_locks.setdefault(device, threading.Lock()),
         )
         limits = [metadata.max_length, s.max_input_tokens, runner.max_positions]
         max_length = min(x for x in limits if x)

@@ -1,0 +1,312 @@
+"""`python -m bench` (`make bench`): the service against the model's offline limit and a naive server.
+
+Everything runs in one process tree on this machine, in one run, so every figure is a ratio against
+a baseline measured minutes apart on the same hardware. Prints a table; writes results.json and a plot.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+
+REPO = Path(__file__).resolve().parent.parent
+BUNDLED = REPO / "data" / "hh-rlhf-harmless-base-sample.jsonl.gz"
+
+
+def hh_items(limit: int) -> list[dict[str, Any]]:
+    """(prompt messages, response) items from the bundled data, split as in training."""
+    from training.data import load_preferences
+
+    groups, _ = load_preferences([BUNDLED], skip_invalid=True)
+    items = []
+    for group in groups:
+        prompt = [{"role": r, "content": c} for r, c in group.prompt]
+        items.extend({"prompt": prompt, "response": response} for response in group.responses)
+    return items[:limit]
+
+
+def long_prompt_items(count: int, seed: int = 0) -> list[dict[str, Any]]:
+    """A ~400-token prompt with responses of 20 to 120 tokens (words of the bundled vocabulary)."""
+    rng = np.random.default_rng(seed)
+    words = " ".join(i["response"] for i in hh_items(400)).split()
+    prompt = " ".join(rng.choice(words, size=330))
+    return [{"prompt": prompt, "response": " ".join(rng.choice(words, size=int(rng.integers(16, 100))))}
+            for _ in range(count)]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def start(command: list[str], url: str, log: Path) -> subprocess.Popen[bytes]:
+    """Start a server process and wait (bounded) until it answers /ready."""
+    with log.open("wb") as fh:
+        process = subprocess.Popen(command, stdout=fh, stderr=subprocess.STDOUT, cwd=REPO)
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{command[:3]} exited:\n{log.read_text()[-2000:]}")
+        try:
+            if httpx.get(f"{url}/ready", timeout=2).status_code == 200:
+                return process
+        except httpx.TransportError:
+            pass
+        time.sleep(0.2)
+    process.kill()
+    raise RuntimeError(f"{command[:3]} not ready")
+
+
+def stop(process: subprocess.Popen[bytes]) -> None:
+    process.terminate()
+    try:
+        process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        process.kill()
+
+
+def load(url: str, bodies: list[dict[str, Any]], concurrency: int, seconds: float, work: Path) -> dict[str, float]:
+    """Run the load generator in its own process and return its figures."""
+    path = work / "bodies.json"
+    path.write_text(json.dumps(bodies))
+    result = subprocess.run(
+        [sys.executable, "-m", "bench.loadgen", url, str(path), str(concurrency), str(seconds), "100000"],
+        capture_output=True, text=True, cwd=REPO, timeout=seconds + 300,
+    )
+    if result.returncode != 0:
+        raise RuntimeError(result.stderr[-2000:])
+    return dict(json.loads(result.stdout.strip().splitlines()[-1]))
+
+
+def requests_of(items: list[dict[str, Any]], size: int) -> list[dict[str, Any]]:
+    """Cut the items into request bodies of `size` items each."""
+    return [{"items": items[i : i + size]} for i in range(0, len(items) - size + 1, size)]
+
+
+def offline_limit(model: str, items: list[dict[str, Any]], seconds: float) -> dict[str, Any]:
+    """Direct batched forward passes, sorted by length, at the best batch size: the hardware ceiling."""
+    import torch
+
+    from app.checkpoint import load_metadata
+    from app.formatting import InputFormatter, RewardInput
+    from app.runner import RewardModelRunner
+
+    metadata = load_metadata(model)
+    runner = RewardModelRunner(model, device="auto", dtype="auto", metadata=metadata)
+    fmt = InputFormatter(runner.tokenizer, input_format=metadata.input_format.type, max_length=metadata.max_length)
+    ids = [e.input_ids for e in fmt.encode([RewardInput.from_prompt_response(i["prompt"], i["response"]) for i in items])]
+    ids.sort(key=len)
+    results = {}
+    for batch_size in (8, 16, 32, 64):
+        runner.forward(ids[:batch_size])  # warm-up
+        done = tokens = 0
+        started = time.perf_counter()
+        while time.perf_counter() - started < seconds:
+            for i in range(0, len(ids), batch_size):
+                batch = ids[i : i + batch_size]
+                runner.forward(batch)
+                done += len(batch)
+                tokens += sum(len(x) for x in batch)
+            if runner.device.type == "cuda":
+                torch.cuda.synchronize()
+        elapsed = time.perf_counter() - started
+        results[batch_size] = {"items_per_s": done / elapsed, "tokens_per_s": tokens / elapsed}
+    best = max(results, key=lambda b: results[b]["items_per_s"])
+    single = []
+    for x in ids[:: max(1, len(ids) // 50)][:50]:
+        started = time.perf_counter()
+        runner.forward([x])
+        single.append(time.perf_counter() - started)
+    return {"by_batch_size": results, "best_batch_size": best, **results[best],
+            "single_item_p50_ms": statistics.median(single) * 1000, "device": str(runner.device),
+            "dtype": str(runner.dtype)}
+
+
+def padding_efficiency(metrics_text: str) -> tuple[float, float]:
+    """(real tokens, padded tokens) summed over members from the service's own counters."""
+    real = sum(float(v) for v in re.findall(r"^reward_batch_real_tokens_total\{[^}]*\} (\S+)$", metrics_text, re.M))
+    padded = sum(float(v) for v in re.findall(r"^reward_batch_padded_tokens_total\{[^}]*\} (\S+)$", metrics_text, re.M))
+    return real, padded
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run every scenario and print the table."""
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    parser.add_argument("--model", default=None, help="Checkpoint or ensemble (default: the demo model).")
+    parser.add_argument("--seconds", type=float, default=8.0, help="Seconds per load scenario.")
+    parser.add_argument("--output", default="bench-results", help="Where results.json and the plot go.")
+    parser.add_argument("--quick", action="store_true", help="Smoke run: few scenarios, short.")
+    parser.add_argument("--ensemble-of", type=int, default=0,
+                        help="Also measure a K-member ensemble of --model against K x single (issue: ensembles).")
+    parser.add_argument("--serve-arg", action="append", default=[], help="Extra reward-serve flag (repeatable).")
+    args = parser.parse_args(argv)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if args.model is None:
+        from app.demo import ensure_demo_model
+
+        args.model = str(ensure_demo_model())
+    out = Path(args.output)
+    out.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="bench-"))
+    seconds = min(args.seconds, 2.0) if args.quick else args.seconds
+    hh = hh_items(64 * 16)
+    long_items = long_prompt_items(256)
+    results: dict[str, Any] = {"machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
+                                           "python": platform.python_version()}, "model": args.model}
+
+    print(f"offline limit on {args.model} ...", flush=True)
+    results["offline"] = {"hh": offline_limit(args.model, hh, seconds)}
+    if not args.quick:
+        results["offline"]["long_prompt"] = offline_limit(args.model, long_items, seconds)
+
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    serve = [sys.executable, "-m", "app", "--model", args.model, "--port", str(port), "--log-level", "warning",
+             *args.serve_arg]
+    service = start(serve, url, work / "serve.log")
+    scenarios = [(1, 1), (8, 16), (64, 1), (64, 16)] if args.quick else [
+        (c, n) for c in (1, 8, 64) for n in (1, 16, 64)
+    ]
+    try:
+        before = padding_efficiency(httpx.get(f"{url}/metrics").text)
+        results["service"] = {}
+        for concurrency, size in scenarios:
+            print(f"service: concurrency {concurrency}, {size} items/request ...", flush=True)
+            results["service"][f"c{concurrency}_n{size}"] = load(
+                f"{url}/score", requests_of(hh, size), concurrency, seconds, work
+            )
+        after = padding_efficiency(httpx.get(f"{url}/metrics").text)
+        real, padded = after[0] - before[0], after[1] - before[1]
+        results["padding_efficiency_hh"] = real / padded if padded else float("nan")
+        if not args.quick:
+            results["service"]["long_prompt_c64_n16"] = load(
+                f"{url}/score", requests_of(long_items, 16), 64, seconds, work
+            )
+        results["best_of_n"] = {}
+        for n in (4, 16, 64):
+            prompt = hh[0]["prompt"]
+            bodies = [{"prompt": prompt, "responses": [i["response"] for i in hh[k : k + n]]}
+                      for k in range(0, len(hh) - n, n)]
+            results["best_of_n"][f"n{n}"] = load(f"{url}/best-of-n", bodies, 1, seconds, work)
+    finally:
+        stop(service)
+
+    port = free_port()
+    naive_url = f"http://127.0.0.1:{port}"
+    naive = start([sys.executable, "-m", "bench.naive_server", args.model, str(port)], naive_url, work / "naive.log")
+    try:
+        results["naive"] = {}
+        for concurrency, size in [(8, 16), (64, 1), (1, 1), (64, 16)]:
+            print(f"naive baseline: concurrency {concurrency}, {size} items/request ...", flush=True)
+            results["naive"][f"c{concurrency}_n{size}"] = load(
+                f"{naive_url}/score", requests_of(hh, size), concurrency, seconds, work
+            )
+    finally:
+        stop(naive)
+
+    if args.ensemble_of > 1:
+        results["ensemble"] = ensemble_cost(args.model, args.ensemble_of, hh, seconds, work)
+
+    results["ratios"] = ratios(results)
+    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    plot(results, out / "throughput.png")
+    print_table(results)
+    print(f"\nwrote {out / 'results.json'} and {out / 'throughput.png'}")
+
+
+def ensemble_cost(model: str, k: int, items: list[dict[str, Any]], seconds: float, work: Path) -> dict[str, Any]:
+    """Throughput of a K-copy ensemble of the model against the single model, both served, same load."""
+    from app.checkpoint import EnsembleManifest, EnsembleMember, save_manifest
+
+    root = work / "ensemble"
+    root.mkdir()
+    for i in range(k):
+        (root / f"m{i}").symlink_to(Path(model).resolve())
+    save_manifest(root, EnsembleManifest(members=[EnsembleMember(path=f"m{i}", name=f"m{i}") for i in range(k)]))
+    figures = {}
+    for name, path in (("single", model), (f"ensemble_{k}", str(root))):
+        port = free_port()
+        url = f"http://127.0.0.1:{port}"
+        process = start([sys.executable, "-m", "app", "--model", path, "--port", str(port), "--log-level", "warning"],
+                        url, work / f"{name}.log")
+        try:
+            print(f"{name}: concurrency 8, 16 items/request ...", flush=True)
+            figures[name] = load(f"{url}/score", requests_of(items, 16), 8, seconds, work)
+        finally:
+            stop(process)
+    single, ensemble = figures["single"]["items_per_s"], figures[f"ensemble_{k}"]["items_per_s"]
+    return {**figures, "k": k, "cost_ratio_vs_k_times_single": (single / ensemble) / k}
+
+
+def ratios(r: dict[str, Any]) -> dict[str, float]:
+    """The target ratios of the benchmark issue, from figures of this one run."""
+    service, naive, offline = r["service"], r["naive"], r["offline"]["hh"]
+    saturation = max(v["items_per_s"] for k, v in service.items() if not k.startswith("long"))
+    single = service.get("c1_n1")
+    out = {
+        "saturation_over_offline_limit": saturation / offline["items_per_s"],
+        "service_over_naive_c8_n16": service["c8_n16"]["items_per_s"] / naive["c8_n16"]["items_per_s"],
+        "service_over_naive_c64_n1": service["c64_n1"]["items_per_s"] / naive["c64_n1"]["items_per_s"],
+        "padding_efficiency_hh": r["padding_efficiency_hh"],
+    }
+    if single:
+        out["p50_c1_n1_over_direct_forward"] = single["p50_ms"] / offline["single_item_p50_ms"]
+    if "ensemble" in r:
+        out["ensemble_cost_over_k_times_single"] = r["ensemble"]["cost_ratio_vs_k_times_single"]
+    return out
+
+
+def print_table(r: dict[str, Any]) -> None:
+    """A plain-text table of every scenario and the target ratios."""
+    offline = r["offline"]["hh"]
+    print(f"\nOffline limit (HH items): {offline['items_per_s']:.1f} items/s, {offline['tokens_per_s']:.0f} tokens/s "
+          f"at batch {offline['best_batch_size']} on {offline['device']} ({offline['dtype']}); "
+          f"one item {offline['single_item_p50_ms']:.1f} ms")
+    print(f"\n{'server':8} {'scenario':22} {'items/s':>9} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'errors':>7}")
+    for server in ("service", "naive", "best_of_n"):
+        for name, v in r.get(server, {}).items():
+            print(f"{server:8} {name:22} {v['items_per_s']:9.1f} {v['p50_ms']:8.1f} {v['p95_ms']:8.1f} "
+                  f"{v['p99_ms']:8.1f} {v['errors']:7d}")
+    print("\nTarget ratios (same run):")
+    for name, value in r["ratios"].items():
+        print(f"  {name:40} {value:.3f}")
+
+
+def plot(r: dict[str, Any], path: Path) -> None:
+    """Bar chart: items/s of the service and the naive server per scenario, against the offline limit."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(r["naive"])
+    x = np.arange(len(names))
+    fig, ax = plt.subplots(figsize=(8, 4))
+    ax.bar(x - 0.2, [r["service"].get(n, {}).get("items_per_s", 0) for n in names], 0.4, label="reward-serve")
+    ax.bar(x + 0.2, [r["naive"][n]["items_per_s"] for n in names], 0.4, label="naive baseline")
+    ax.axhline(r["offline"]["hh"]["items_per_s"], color="k", linestyle="--", label="offline limit")
+    ax.set_xticks(x, [n.replace("_", " ") for n in names])
+    ax.set(ylabel="items / s", title="Throughput on HH-RLHF items (c = clients, n = items per request)")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    main()

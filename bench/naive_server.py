@@ -1,0 +1,46 @@
+"""BASELINE, NOT THE PRODUCT: the hand-written reward server of tutorials and OpenRLHF's `serve_rm`.
+
+One forward pass per request, under a lock, padded to the longest item of that request. It uses
+the project's formatter so both servers score the same token ids; only the serving strategy differs.
+Run: python -m bench.naive_server MODEL_DIR PORT
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+from typing import Any
+
+import torch
+import uvicorn
+from fastapi import FastAPI
+
+from app.checkpoint import load_metadata
+from app.formatting import InputFormatter, RewardInput
+from app.runner import RewardModelRunner
+
+
+def build_app(model_dir: str) -> FastAPI:
+    """The naive server: lock, pad to the request's longest item, forward, return."""
+    metadata = load_metadata(model_dir)
+    runner = RewardModelRunner(model_dir, device="auto", dtype="auto", metadata=metadata)
+    formatter = InputFormatter(runner.tokenizer, input_format=metadata.input_format.type, max_length=metadata.max_length)
+    lock = threading.Lock()
+    app = FastAPI()
+
+    @app.post("/score")
+    def score(body: dict[str, Any]) -> dict[str, list[float]]:  # sync handler: runs in the threadpool
+        items = [RewardInput.from_prompt_response(i["prompt"], i["response"]) for i in body["items"]]
+        ids = [e.input_ids for e in formatter.encode(items)]
+        with lock, torch.inference_mode():
+            return {"rewards": runner.forward(ids)}
+
+    @app.get("/ready")
+    def ready() -> dict[str, str]:
+        return {"status": "ready"}
+
+    return app
+
+
+if __name__ == "__main__":
+    uvicorn.run(build_app(sys.argv[1]), host="127.0.0.1", port=int(sys.argv[2]), log_level="warning")
