@@ -150,8 +150,10 @@ def reward_logits(model: Any, input_ids: torch.Tensor, attention_mask: torch.Ten
         hidden = base(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
         last = attention_mask.sum(dim=1) - 1
         pooled = hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
-        return model.score(pooled)[:, 0]
-    return model(input_ids=input_ids, attention_mask=attention_mask).logits[:, 0]
+        logits: torch.Tensor = model.score(pooled)
+    else:
+        logits = model(input_ids=input_ids, attention_mask=attention_mask).logits
+    return logits[:, 0]
 
 
 def uses_last_token_pooling(model: Any) -> bool:

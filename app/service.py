@@ -333,8 +333,7 @@ class RewardService:
 
 def _item_error(index: int, member: Member, error: BaseException) -> RewardError:
     if isinstance(error, RewardError):
-        error.message = f"item {index}: {error.message}"
-        return error
+        return type(error)(f"item {index}: {error.message}")
     return InferenceFailed(f"item {index}: model {member.name!r} failed: {error!r}")
 
 

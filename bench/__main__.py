@@ -44,8 +44,10 @@ def long_prompt_items(count: int, seed: int = 0) -> list[dict[str, Any]]:
     rng = np.random.default_rng(seed)
     words = " ".join(i["response"] for i in hh_items(400)).split()
     prompt = " ".join(rng.choice(words, size=330))
-    return [{"prompt": prompt, "response": " ".join(rng.choice(words, size=int(rng.integers(16, 100))))}
-            for _ in range(count)]
+    return [
+        {"prompt": prompt, "response": " ".join(rng.choice(words, size=int(rng.integers(16, 100))))}
+        for _ in range(count)
+    ]
 
 
 def free_port() -> int:
@@ -80,13 +82,18 @@ def stop(process: subprocess.Popen[bytes]) -> None:
         process.kill()
 
 
-def load(url: str, bodies: list[dict[str, Any]], concurrency: int, seconds: float, work: Path) -> dict[str, float]:
+def load(
+    url: str, bodies: list[dict[str, Any]], concurrency: int, seconds: float, work: Path
+) -> dict[str, float]:
     """Run the load generator in its own process and return its figures."""
     path = work / "bodies.json"
     path.write_text(json.dumps(bodies))
     result = subprocess.run(
         [sys.executable, "-m", "bench.loadgen", url, str(path), str(concurrency), str(seconds), "100000"],
-        capture_output=True, text=True, cwd=REPO, timeout=seconds + 300,
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=seconds + 300,
     )
     if result.returncode != 0:
         raise RuntimeError(result.stderr[-2000:])
@@ -108,8 +115,13 @@ def offline_limit(model: str, items: list[dict[str, Any]], seconds: float) -> di
 
     metadata = load_metadata(model)
     runner = RewardModelRunner(model, device="auto", dtype="auto", metadata=metadata)
-    fmt = InputFormatter(runner.tokenizer, input_format=metadata.input_format.type, max_length=metadata.max_length)
-    ids = [e.input_ids for e in fmt.encode([RewardInput.from_prompt_response(i["prompt"], i["response"]) for i in items])]
+    fmt = InputFormatter(
+        runner.tokenizer, input_format=metadata.input_format.type, max_length=metadata.max_length
+    )
+    ids = [
+        e.input_ids
+        for e in fmt.encode([RewardInput.from_prompt_response(i["prompt"], i["response"]) for i in items])
+    ]
     ids.sort(key=len)
     results = {}
     for batch_size in (8, 16, 32, 64):
@@ -132,15 +144,24 @@ def offline_limit(model: str, items: list[dict[str, Any]], seconds: float) -> di
         started = time.perf_counter()
         runner.forward([x])
         single.append(time.perf_counter() - started)
-    return {"by_batch_size": results, "best_batch_size": best, **results[best],
-            "single_item_p50_ms": statistics.median(single) * 1000, "device": str(runner.device),
-            "dtype": str(runner.dtype)}
+    return {
+        "by_batch_size": results,
+        "best_batch_size": best,
+        **results[best],
+        "single_item_p50_ms": statistics.median(single) * 1000,
+        "device": str(runner.device),
+        "dtype": str(runner.dtype),
+    }
 
 
 def padding_efficiency(metrics_text: str) -> tuple[float, float]:
     """(real tokens, padded tokens) summed over members from the service's own counters."""
-    real = sum(float(v) for v in re.findall(r"^reward_batch_real_tokens_total\{[^}]*\} (\S+)$", metrics_text, re.M))
-    padded = sum(float(v) for v in re.findall(r"^reward_batch_padded_tokens_total\{[^}]*\} (\S+)$", metrics_text, re.M))
+    real = sum(
+        float(v) for v in re.findall(r"^reward_batch_real_tokens_total\{[^}]*\} (\S+)$", metrics_text, re.M)
+    )
+    padded = sum(
+        float(v) for v in re.findall(r"^reward_batch_padded_tokens_total\{[^}]*\} (\S+)$", metrics_text, re.M)
+    )
     return real, padded
 
 
@@ -151,9 +172,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seconds", type=float, default=8.0, help="Seconds per load scenario.")
     parser.add_argument("--output", default="bench-results", help="Where results.json and the plot go.")
     parser.add_argument("--quick", action="store_true", help="Smoke run: few scenarios, short.")
-    parser.add_argument("--ensemble-of", type=int, default=0,
-                        help="Also measure a K-member ensemble of --model against K x single (issue: ensembles).")
-    parser.add_argument("--serve-arg", action="append", default=[], help="Extra reward-serve flag (repeatable).")
+    parser.add_argument(
+        "--ensemble-of",
+        type=int,
+        default=0,
+        help="Also measure a K-member ensemble of --model against K x single (issue: ensembles).",
+    )
+    parser.add_argument(
+        "--serve-arg", action="append", default=[], help="Extra reward-serve flag (repeatable)."
+    )
     args = parser.parse_args(argv)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     if args.model is None:
@@ -166,8 +193,14 @@ def main(argv: list[str] | None = None) -> None:
     seconds = min(args.seconds, 2.0) if args.quick else args.seconds
     hh = hh_items(64 * 16)
     long_items = long_prompt_items(256)
-    results: dict[str, Any] = {"machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
-                                           "python": platform.python_version()}, "model": args.model}
+    results: dict[str, Any] = {
+        "machine": {
+            "platform": platform.platform(),
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+        },
+        "model": args.model,
+    }
 
     print(f"offline limit on {args.model} ...", flush=True)
     results["offline"] = {"hh": offline_limit(args.model, hh, seconds)}
@@ -176,12 +209,24 @@ def main(argv: list[str] | None = None) -> None:
 
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    serve = [sys.executable, "-m", "app", "--model", args.model, "--port", str(port), "--log-level", "warning",
-             *args.serve_arg]
-    service = start(serve, url, work / "serve.log")
-    scenarios = [(1, 1), (8, 16), (64, 1), (64, 16)] if args.quick else [
-        (c, n) for c in (1, 8, 64) for n in (1, 16, 64)
+    serve = [
+        sys.executable,
+        "-m",
+        "app",
+        "--model",
+        args.model,
+        "--port",
+        str(port),
+        "--log-level",
+        "warning",
+        *args.serve_arg,
     ]
+    service = start(serve, url, work / "serve.log")
+    scenarios = (
+        [(1, 1), (8, 16), (64, 1), (64, 16)]
+        if args.quick
+        else [(c, n) for c in (1, 8, 64) for n in (1, 16, 64)]
+    )
     try:
         before = padding_efficiency(httpx.get(f"{url}/metrics").text)
         results["service"] = {}
@@ -200,15 +245,19 @@ def main(argv: list[str] | None = None) -> None:
         results["best_of_n"] = {}
         for n in (4, 16, 64):
             prompt = hh[0]["prompt"]
-            bodies = [{"prompt": prompt, "responses": [i["response"] for i in hh[k : k + n]]}
-                      for k in range(0, len(hh) - n, n)]
+            bodies = [
+                {"prompt": prompt, "responses": [i["response"] for i in hh[k : k + n]]}
+                for k in range(0, len(hh) - n, n)
+            ]
             results["best_of_n"][f"n{n}"] = load(f"{url}/best-of-n", bodies, 1, seconds, work)
     finally:
         stop(service)
 
     port = free_port()
     naive_url = f"http://127.0.0.1:{port}"
-    naive = start([sys.executable, "-m", "bench.naive_server", args.model, str(port)], naive_url, work / "naive.log")
+    naive = start(
+        [sys.executable, "-m", "bench.naive_server", args.model, str(port)], naive_url, work / "naive.log"
+    )
     try:
         results["naive"] = {}
         for concurrency, size in [(8, 16), (64, 1), (1, 1), (64, 16)]:
@@ -229,7 +278,9 @@ def main(argv: list[str] | None = None) -> None:
     print(f"\nwrote {out / 'results.json'} and {out / 'throughput.png'}")
 
 
-def ensemble_cost(model: str, k: int, items: list[dict[str, Any]], seconds: float, work: Path) -> dict[str, Any]:
+def ensemble_cost(
+    model: str, k: int, items: list[dict[str, Any]], seconds: float, work: Path
+) -> dict[str, Any]:
     """Throughput of a K-copy ensemble of the model against the single model, both served, same load."""
     from app.checkpoint import EnsembleManifest, EnsembleMember, save_manifest
 
@@ -237,13 +288,18 @@ def ensemble_cost(model: str, k: int, items: list[dict[str, Any]], seconds: floa
     root.mkdir()
     for i in range(k):
         (root / f"m{i}").symlink_to(Path(model).resolve())
-    save_manifest(root, EnsembleManifest(members=[EnsembleMember(path=f"m{i}", name=f"m{i}") for i in range(k)]))
+    save_manifest(
+        root, EnsembleManifest(members=[EnsembleMember(path=f"m{i}", name=f"m{i}") for i in range(k)])
+    )
     figures = {}
     for name, path in (("single", model), (f"ensemble_{k}", str(root))):
         port = free_port()
         url = f"http://127.0.0.1:{port}"
-        process = start([sys.executable, "-m", "app", "--model", path, "--port", str(port), "--log-level", "warning"],
-                        url, work / f"{name}.log")
+        process = start(
+            [sys.executable, "-m", "app", "--model", path, "--port", str(port), "--log-level", "warning"],
+            url,
+            work / f"{name}.log",
+        )
         try:
             print(f"{name}: concurrency 8, 16 items/request ...", flush=True)
             figures[name] = load(f"{url}/score", requests_of(items, 16), 8, seconds, work)
@@ -274,14 +330,22 @@ def ratios(r: dict[str, Any]) -> dict[str, float]:
 def print_table(r: dict[str, Any]) -> None:
     """A plain-text table of every scenario and the target ratios."""
     offline = r["offline"]["hh"]
-    print(f"\nOffline limit (HH items): {offline['items_per_s']:.1f} items/s, {offline['tokens_per_s']:.0f} tokens/s "
-          f"at batch {offline['best_batch_size']} on {offline['device']} ({offline['dtype']}); "
-          f"one item {offline['single_item_p50_ms']:.1f} ms")
-    print(f"\n{'server':8} {'scenario':22} {'items/s':>9} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'errors':>7}")
+    print(
+        f"\nOffline limit (HH items): {offline['items_per_s']:.1f} items/s, "
+        f"{offline['tokens_per_s']:.0f} tokens/s "
+        f"at batch {offline['best_batch_size']} on {offline['device']} ({offline['dtype']}); "
+        f"one item {offline['single_item_p50_ms']:.1f} ms"
+    )
+    print(
+        f"\n{'server':8} {'scenario':22} {'items/s':>9} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} "
+        f"{'errors':>7}"
+    )
     for server in ("service", "naive", "best_of_n"):
         for name, v in r.get(server, {}).items():
-            print(f"{server:8} {name:22} {v['items_per_s']:9.1f} {v['p50_ms']:8.1f} {v['p95_ms']:8.1f} "
-                  f"{v['p99_ms']:8.1f} {v['errors']:7d}")
+            print(
+                f"{server:8} {name:22} {v['items_per_s']:9.1f} {v['p50_ms']:8.1f} {v['p95_ms']:8.1f} "
+                f"{v['p99_ms']:8.1f} {v['errors']:7d}"
+            )
     print("\nTarget ratios (same run):")
     for name, value in r["ratios"].items():
         print(f"  {name:40} {value:.3f}")

@@ -24,8 +24,14 @@ def check_loopback(url: str) -> None:
         raise SystemExit(f"loadgen: refusing non-loopback target {host!r}")
 
 
-async def run(url: str, bodies: list[bytes], items_per_body: list[int], concurrency: int, seconds: float,
-              max_requests: int) -> dict[str, float]:
+async def run(
+    url: str,
+    bodies: list[bytes],
+    items_per_body: list[int],
+    concurrency: int,
+    seconds: float,
+    max_requests: int,
+) -> dict[str, float]:
     """Send requests until the time or count bound; return the figures."""
     latencies: list[float] = []
     items = 0
@@ -43,7 +49,9 @@ async def run(url: str, bodies: list[bytes], items_per_body: list[int], concurre
                 body = bodies[index % len(bodies)]
                 started = time.perf_counter()
                 try:
-                    response = await client.post(url, content=body, headers={"content-type": "application/json"})
+                    response = await client.post(
+                        url, content=body, headers={"content-type": "application/json"}
+                    )
                     ok = response.status_code == 200
                 except httpx.HTTPError:
                     ok = False
@@ -74,7 +82,8 @@ def main() -> None:
     """Entry point."""
     url, bodies_path, concurrency, seconds, max_requests = sys.argv[1:6]
     check_loopback(url)
-    payload = json.loads(open(bodies_path, encoding="utf-8").read())
+    with open(bodies_path, encoding="utf-8") as fh:
+        payload = json.load(fh)
     bodies = [json.dumps(b).encode() for b in payload]
     sizes = [len(b.get("items") or b.get("responses") or []) for b in payload]
     result = asyncio.run(run(url, bodies, sizes, int(concurrency), float(seconds), int(max_requests)))

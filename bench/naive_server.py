@@ -24,7 +24,9 @@ def build_app(model_dir: str) -> FastAPI:
     """The naive server: lock, pad to the request's longest item, forward, return."""
     metadata = load_metadata(model_dir)
     runner = RewardModelRunner(model_dir, device="auto", dtype="auto", metadata=metadata)
-    formatter = InputFormatter(runner.tokenizer, input_format=metadata.input_format.type, max_length=metadata.max_length)
+    formatter = InputFormatter(
+        runner.tokenizer, input_format=metadata.input_format.type, max_length=metadata.max_length
+    )
     lock = threading.Lock()
     app = FastAPI()
 

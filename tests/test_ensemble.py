@@ -9,13 +9,13 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
-from transformers import AutoModelForSequenceClassification
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from app.checkpoint import EnsembleManifest, EnsembleMember, save_manifest
 from app.errors import NonFiniteReward
 from app.formatting import RewardInput
 from tests.test_service import ITEMS, running
-from tests.tiny_models import bert_tokenizer, save_bert, save_llama
+from tests.tiny_models import save_bert, save_llama
 
 NORMS = [{"mean": 0.5, "std": 2.0}, {"mean": -1.0, "std": 0.5}, {"mean": 0.0, "std": 1.0}]
 
@@ -27,7 +27,9 @@ def ensemble_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     save_llama(root / "llama-a", seed=1, normalization=NORMS[0])
     save_bert(root / "bert", seed=2, normalization=NORMS[1], calibration={"temperature": 2.0})
     save_llama(root / "llama-b", seed=3, normalization=NORMS[2])
-    members = [EnsembleMember(path=p, weight=w) for p, w in (("llama-a", 1.0), ("bert", 3.0), ("llama-b", 0.0))]
+    members = [
+        EnsembleMember(path=p, weight=w) for p, w in (("llama-a", 1.0), ("bert", 3.0), ("llama-b", 0.0))
+    ]
     save_manifest(root, EnsembleManifest(members=members, aggregation="mean_minus_std", uncertainty_coef=0.5))
     return root
 
@@ -70,7 +72,10 @@ async def test_the_manifest_default_and_normalization_apply(ensemble_dir: Path):
         assert service.default_aggregation == "mean_minus_std" and service.uncertainty_coef == 0.5
         outcome = await service.score(ITEMS[:1])
         assert outcome.normalized and outcome.aggregation == "mean_minus_std"
-        raw = [(await m.batcher.submit([m.formatter.encode(ITEMS[:1])[0].input_ids])[0]).reward for m in service.members]
+        raw = [
+            (await m.batcher.submit([m.formatter.encode(ITEMS[:1])[0].input_ids])[0]).reward
+            for m in service.members
+        ]
     normalized = [(r - n["mean"]) / n["std"] for r, n in zip(raw, NORMS, strict=True)]
     assert list(outcome.items[0].member_rewards) == pytest.approx(normalized, abs=1e-5)
     assert outcome.items[0].reward == pytest.approx(
@@ -92,30 +97,35 @@ async def test_members_with_different_tokenizers_format_their_own_inputs(ensembl
 
 async def test_compare_counts_agreeing_members_and_uses_the_ensemble_temperature(ensemble_dir: Path):
     async with running(ensemble_dir) as service:
-        result = await service.compare("how do I bake bread?", "mix flour and water", "no", aggregation="mean")
+        result = await service.compare(
+            "how do I bake bread?", "mix flour and water", "no", aggregation="mean"
+        )
     ma, mb = result.a.member_rewards, result.b.member_rewards
     sign = 1 if result.a.reward > result.b.reward else -1
     assert result.members_agreeing == sum(1 for x, y in zip(ma, mb, strict=True) if (x - y) * sign > 0)
     temperature = (1.0 / 2.0 + 2.0 / 0.5 + 1.0 / 1.0) / 3  # mean of T_i / std_i
     assert result.temperature == pytest.approx(temperature)
-    assert result.prob_a_better == pytest.approx(1 / (1 + math.exp(-(result.a.reward - result.b.reward) / temperature)))
+    assert result.prob_a_better == pytest.approx(
+        1 / (1 + math.exp(-(result.a.reward - result.b.reward) / temperature))
+    )
 
 
-def poison_token(model_dir: Path, token: str) -> int:
-    """Make one token's embedding NaN: any item containing it fails in this model, really."""
-    token_id = bert_tokenizer().convert_tokens_to_ids(token)
+def poison_word(model_dir: Path, word: str) -> None:
+    """Make a word's embeddings NaN: any item containing it really fails in this model."""
+    token_ids = AutoTokenizer.from_pretrained(model_dir)(word, add_special_tokens=False)["input_ids"]
     weights = load_file(model_dir / "model.safetensors")
     key = next(k for k in weights if k.endswith("word_embeddings.weight"))
-    weights[key][token_id] = float("nan")
+    weights[key][token_ids] = float("nan")
     save_file(weights, model_dir / "model.safetensors", metadata={"format": "pt"})
-    return token_id
 
 
 async def test_a_failing_member_fails_the_item_clearly_and_the_service_stays_up(tmp_path: Path):
     save_llama(tmp_path / "good", seed=1)
     save_bert(tmp_path / "fragile", seed=2)
-    poison_token(tmp_path / "fragile", "paris")
-    save_manifest(tmp_path, EnsembleManifest(members=[EnsembleMember(path="good"), EnsembleMember(path="fragile")]))
+    poison_word(tmp_path / "fragile", "paris")
+    save_manifest(
+        tmp_path, EnsembleManifest(members=[EnsembleMember(path="good"), EnsembleMember(path="fragile")])
+    )
     async with running(tmp_path) as service:
         fine = RewardInput.from_prompt_response("hi", "hello")
         bad = RewardInput.from_prompt_response("where?", "paris")

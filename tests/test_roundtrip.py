@@ -47,8 +47,24 @@ def reward_train(*args: str) -> None:
 def trained(llama_dir: Path, hh_small: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
     train, evaluation = hh_small
     out = tmp_path_factory.mktemp("trained") / "rm"
-    reward_train("--model", str(llama_dir), "--data", str(train), "--eval_data", str(evaluation), "--output",
-                 str(out), "--max_steps", "3", "--batch_size", "4", "--max_length", "96", "--learning_rate", "1e-3")
+    reward_train(
+        "--model",
+        str(llama_dir),
+        "--data",
+        str(train),
+        "--eval_data",
+        str(evaluation),
+        "--output",
+        str(out),
+        "--max_steps",
+        "3",
+        "--batch_size",
+        "4",
+        "--max_length",
+        "96",
+        "--learning_rate",
+        "1e-3",
+    )
     return out
 
 
@@ -62,8 +78,11 @@ def test_served_rewards_equal_the_trainers_own_forward_pass(trained: Path, hh_sm
     model = RewardModelForTraining(AutoModelForSequenceClassification.from_pretrained(trained)).eval()
     with torch.no_grad():
         trainer_rewards = model(batch["input_ids"], batch["attention_mask"]).tolist()
-    items = [{"prompt": [{"role": r, "content": c} for r, c in g.prompt], "response": resp}
-             for g in groups for resp in g.responses]
+    items = [
+        {"prompt": [{"role": r, "content": c} for r, c in g.prompt], "response": resp}
+        for g in groups
+        for resp in g.responses
+    ]
     server = start_server(trained, tmp_path)
     try:
         with server.client() as client:
@@ -83,7 +102,9 @@ def test_training_and_serving_tokenize_an_item_identically(trained: Path, hh_sma
     from app.formatting import InputFormatter
 
     # The trainer's formatter, built from the backbone's tokenizer and the training options...
-    training_formatter = InputFormatter(AutoTokenizer.from_pretrained(trained), input_format="auto", max_length=96)
+    training_formatter = InputFormatter(
+        AutoTokenizer.from_pretrained(trained), input_format="auto", max_length=96
+    )
     trained_ids = encode_groups(groups, training_formatter, LoadStats(), skip_invalid=False)
     # ...and the service's, built from the checkpoint's reward.json.
     service = RewardService(Settings(model=str(trained)), Metrics())
@@ -95,9 +116,20 @@ def test_training_and_serving_tokenize_an_item_identically(trained: Path, hh_sma
 
 def test_reward_eval_writes_a_report_and_refuses_training_rows(trained: Path, hh_small, tmp_path: Path):
     train, evaluation = hh_small
-    command = [sys.executable, "-c", "from training.cli import eval_main; eval_main()", "--model", str(trained)]
-    ok = subprocess.run([*command, "--data", str(evaluation), "--output", str(tmp_path / "r")],
-                        capture_output=True, text=True, timeout=300, cwd=REPO)
+    command = [
+        sys.executable,
+        "-c",
+        "from training.cli import eval_main; eval_main()",
+        "--model",
+        str(trained),
+    ]
+    ok = subprocess.run(
+        [*command, "--data", str(evaluation), "--output", str(tmp_path / "r")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=REPO,
+    )
     assert ok.returncode == 0, ok.stderr[-2000:]
     metrics = json.loads((tmp_path / "r" / "metrics.json").read_text())
     assert metrics["pairs"] == 16 and 0.0 <= metrics["accuracy"] <= 1.0
@@ -107,12 +139,22 @@ def test_reward_eval_writes_a_report_and_refuses_training_rows(trained: Path, hh
         assert key in metrics, key
     for name in ("report.md", "reward_histogram.png", "reliability.png", "reward_vs_length.png"):
         assert (tmp_path / "r" / name).stat().st_size > 0, name
-    refused = subprocess.run([*command, "--data", str(train), "--output", str(tmp_path / "bad")],
-                             capture_output=True, text=True, timeout=300, cwd=REPO)
+    refused = subprocess.run(
+        [*command, "--data", str(train), "--output", str(tmp_path / "bad")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=REPO,
+    )
     assert refused.returncode == 2
     assert "48 of 48 evaluation rows were in the training data; refusing" in refused.stderr
-    flagged = subprocess.run([*command, "--data", str(train), "--output", str(tmp_path / "f"), "--allow-overlap"],
-                             capture_output=True, text=True, timeout=300, cwd=REPO)
+    flagged = subprocess.run(
+        [*command, "--data", str(train), "--output", str(tmp_path / "f"), "--allow-overlap"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=REPO,
+    )
     assert flagged.returncode == 0
     assert "were in the training data" in (tmp_path / "f" / "report.md").read_text()
 
@@ -120,12 +162,33 @@ def test_reward_eval_writes_a_report_and_refuses_training_rows(trained: Path, hh
 def test_an_ensemble_trained_by_reward_train_is_served(bert_dir: Path, hh_small, tmp_path: Path):
     train, evaluation = hh_small
     out = tmp_path / "ens"
-    reward_train("--model", str(bert_dir), "--data", str(train), "--eval_data", str(evaluation), "--output",
-                 str(out), "--max_steps", "2", "--batch_size", "4", "--max_length", "64", "--ensemble", "2",
-                 "--bootstrap", "--learning_rate", "1e-3")
+    reward_train(
+        "--model",
+        str(bert_dir),
+        "--data",
+        str(train),
+        "--eval_data",
+        str(evaluation),
+        "--output",
+        str(out),
+        "--max_steps",
+        "2",
+        "--batch_size",
+        "4",
+        "--max_length",
+        "64",
+        "--ensemble",
+        "2",
+        "--bootstrap",
+        "--learning_rate",
+        "1e-3",
+    )
     manifest = json.loads((out / "ensemble.json").read_text())
     assert [m["path"] for m in manifest["members"]] == ["member-0", "member-1"]
-    seeds = [json.loads((out / m / "reward.json").read_text())["provenance"]["seed"] for m in ("member-0", "member-1")]
+    seeds = [
+        json.loads((out / m / "reward.json").read_text())["provenance"]["seed"]
+        for m in ("member-0", "member-1")
+    ]
     assert seeds == [42, 43]
     server = start_server(out, tmp_path)
     try:

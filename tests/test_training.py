@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from app.formatting import InputFormatter
+from tests.tiny_models import bert_tokenizer
 from training.calibration import expected_calibration_error, fit_temperature
 from training.config import RewardTrainingConfig
 from training.data import (
@@ -24,7 +25,6 @@ from training.data import (
     split_transcript,
 )
 from training.loss import PreferenceCollator, preference_loss
-from tests.tiny_models import bert_tokenizer
 
 REPO = Path(__file__).resolve().parent.parent
 BUNDLED = REPO / "data" / "hh-rlhf-harmless-base-sample.jsonl.gz"
@@ -40,7 +40,11 @@ def softplus(x: float) -> float:
 def test_bradley_terry_loss_matches_hand_computed_values():
     rewards = torch.tensor([1.0, 0.0, 2.0, -1.0])
     out = preference_loss(
-        rewards, torch.tensor([0, 2]), torch.tensor([1, 3]), torch.tensor([0.0, 0.5]), torch.tensor([0.5, 0.5])
+        rewards,
+        torch.tensor([0, 2]),
+        torch.tensor([1, 3]),
+        torch.tensor([0.0, 0.5]),
+        torch.tensor([0.5, 0.5]),
     )
     expected = (softplus(-1.0) + softplus(-(3.0 - 0.5))) / 2
     assert out.loss.item() == pytest.approx(expected, abs=1e-6)
@@ -71,7 +75,9 @@ def test_rankings_expand_into_all_pairs_and_every_group_weighs_the_same():
     assert batch["pair_weights"].tolist() == pytest.approx([1 / 6, 1 / 6, 1 / 6, 1 / 2])
     assert batch["input_ids"].tolist() == [[5, 1, 0], [6, 1, 0], [7, 0, 0], [8, 0, 0], [9, 9, 9]]
     rewards = torch.tensor([0.3, -0.2, 1.0, 0.7, 0.1])
-    loss = preference_loss(rewards, batch["winners"], batch["losers"], batch["margins"], batch["pair_weights"])
+    loss = preference_loss(
+        rewards, batch["winners"], batch["losers"], batch["margins"], batch["pair_weights"]
+    )
     kwise = (softplus(-(1.0 - 0.3)) + softplus(-(1.0 + 0.2)) + softplus(-(0.3 + 0.2))) / 3
     assert loss.loss.item() == pytest.approx((kwise + softplus(-(0.7 - 0.1 - 0.25))) / 2, abs=1e-6)
 
@@ -101,10 +107,17 @@ def test_multi_turn_transcripts_become_messages():
     "row",
     [
         {"prompt": "q", "chosen": "good", "rejected": "bad", "margin": 1.5},
-        {"prompt": [{"role": "user", "content": "q"}], "chosen": [{"role": "assistant", "content": "good"}],
-         "rejected": [{"role": "assistant", "content": "bad"}], "margin": 1.5},
-        {"chosen": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "good"}],
-         "rejected": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "bad"}], "margin": 1.5},
+        {
+            "prompt": [{"role": "user", "content": "q"}],
+            "chosen": [{"role": "assistant", "content": "good"}],
+            "rejected": [{"role": "assistant", "content": "bad"}],
+            "margin": 1.5,
+        },
+        {
+            "chosen": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "good"}],
+            "rejected": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "bad"}],
+            "margin": 1.5,
+        },
     ],
     ids=["strings", "messages-with-prompt", "messages-without-prompt"],
 )
@@ -118,10 +131,15 @@ def test_pair_formats_parse_to_the_same_group(row):
     ("row", "message"),
     [
         ({"prompt": "q", "chosen": "a"}, "f.jsonl:3: missing field(s): rejected"),
-        ({"prompt": "q", "chosen": "same", "rejected": "same"}, "f.jsonl:3: chosen and rejected are identical"),
+        (
+            {"prompt": "q", "chosen": "same", "rejected": "same"},
+            "f.jsonl:3: chosen and rejected are identical",
+        ),
         ({"prompt": "q", "chosen": " ", "rejected": "x"}, "f.jsonl:3: empty text"),
-        ({"prompt": "q", "responses": ["a", "b"], "ranking": [0, 0]},
-         "f.jsonl:3: ranking must be a permutation of the response indices, best first"),
+        (
+            {"prompt": "q", "responses": ["a", "b"], "ranking": [0, 0]},
+            "f.jsonl:3: ranking must be a permutation of the response indices, best first",
+        ),
         ({"chosen": "no transcript", "rejected": "here"}, "f.jsonl:3: the transcripts share no"),
         ([1, 2], "f.jsonl:3: a row must be a JSON object"),
     ],
@@ -166,8 +184,12 @@ def test_the_bundled_data_loads_with_its_four_empty_responses_counted():
 
 def test_pairs_made_identical_by_truncation_are_bad_rows():
     formatter = InputFormatter(bert_tokenizer(), input_format="plain", max_length=8)
-    group = parse_row({"prompt": "q", "chosen": "a b c d e f g h i j k x", "rejected": "z b c d e f g h i j k x"}, "f:9")
-    with pytest.raises(DataError, match="f:9: chosen and rejected are identical after truncation to 8 tokens"):
+    group = parse_row(
+        {"prompt": "q", "chosen": "a b c d e f g h i j k x", "rejected": "z b c d e f g h i j k x"}, "f:9"
+    )
+    with pytest.raises(
+        DataError, match="f:9: chosen and rejected are identical after truncation to 8 tokens"
+    ):
         encode_groups([group], formatter, LoadStats(), skip_invalid=False)
     stats = LoadStats()
     assert encode_groups([group], formatter, stats, skip_invalid=True) == []
@@ -184,7 +206,9 @@ def test_temperature_fit_recovers_a_known_temperature():
     chosen_first = rng.random(logits.size) < 1.0 / (1.0 + np.exp(-logits / true_t))
     margins = np.where(chosen_first, logits, -logits)  # r_chosen - r_rejected
     assert fit_temperature(margins) == pytest.approx(true_t, rel=0.05)
-    assert expected_calibration_error(margins, fit_temperature(margins)) < expected_calibration_error(margins, 1.0)
+    assert expected_calibration_error(margins, fit_temperature(margins)) < expected_calibration_error(
+        margins, 1.0
+    )
 
 
 # -- the trainer ---------------------------------------------------------------------------------------------
@@ -196,12 +220,26 @@ def test_one_training_step_changes_the_parameters(bert_dir: Path, tmp_path: Path
     from training.trainer import train
 
     data = tmp_path / "train.jsonl"
-    rows = [{"prompt": f"question {i}", "chosen": f"good answer {i}", "rejected": f"bad {i}"} for i in range(8)]
+    rows = [
+        {"prompt": f"question {i}", "chosen": f"good answer {i}", "rejected": f"bad {i}"} for i in range(8)
+    ]
     data.write_text("\n".join(json.dumps(r) for r in rows))
-    before = {k: v.clone() for k, v in AutoModelForSequenceClassification.from_pretrained(bert_dir).state_dict().items()}
+    before = {
+        k: v.clone()
+        for k, v in AutoModelForSequenceClassification.from_pretrained(bert_dir).state_dict().items()
+    }
     config = RewardTrainingConfig(
-        model=str(bert_dir), data=[str(data)], output=str(tmp_path / "out"), max_steps=1, batch_size=4,
-        learning_rate=1e-2, eval_fraction=0.25, report_to="none", max_length=32, device="cpu",
+        model=str(bert_dir),
+        data=[str(data)],
+        output=str(tmp_path / "out"),
+        max_steps=1,
+        batch_size=4,
+        learning_rate=1e-2,
+        warmup_ratio=0.0,
+        eval_fraction=0.25,
+        report_to="none",
+        max_length=32,
+        device="cpu",
     )
     train(config)
     after = AutoModelForSequenceClassification.from_pretrained(tmp_path / "out").state_dict()

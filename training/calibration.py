@@ -12,7 +12,9 @@ def pair_nll(margins: np.ndarray, temperature: float = 1.0) -> float:
     return float(np.mean(np.logaddexp(0.0, -np.asarray(margins, dtype=np.float64) / temperature)))
 
 
-def fit_temperature(margins: np.ndarray, *, low: float = 1e-3, high: float = 1e3, iterations: int = 200) -> float:
+def fit_temperature(
+    margins: np.ndarray, *, low: float = 1e-3, high: float = 1e3, iterations: int = 200
+) -> float:
     """The T > 0 minimizing `pair_nll`, by golden-section search on log T.
 
     The NLL is convex in 1/T, hence unimodal in log T, so the search finds the global minimum

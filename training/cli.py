@@ -47,18 +47,30 @@ def eval_main(argv: list[str] | None = None) -> None:
 
     parser = argparse.ArgumentParser(prog="reward-eval", description=eval_main.__doc__)
     parser.add_argument("--model", required=True, help="Reward checkpoint directory (ours or off-the-shelf).")
-    parser.add_argument("--data", required=True, nargs="+", help="Preference files, any format reward-train reads.")
-    parser.add_argument("--output", required=True, help="Report directory: metrics.json, PNG plots, report.md.")
+    parser.add_argument(
+        "--data", required=True, nargs="+", help="Preference files, any format reward-train reads."
+    )
+    parser.add_argument(
+        "--output", required=True, help="Report directory: metrics.json, PNG plots, report.md."
+    )
     parser.add_argument("--skip-invalid", action="store_true", help="Skip and count bad rows.")
-    parser.add_argument("--allow-overlap", action="store_true", help="Evaluate on training rows anyway, flagged.")
-    parser.add_argument("--temperature", type=float, default=None, help="Override the checkpoint's temperature.")
+    parser.add_argument(
+        "--allow-overlap", action="store_true", help="Evaluate on training rows anyway, flagged."
+    )
+    parser.add_argument(
+        "--temperature", type=float, default=None, help="Override the checkpoint's temperature."
+    )
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     args = parser.parse_args(argv)
     try:
         groups, stats = load_preferences(args.data, skip_invalid=args.skip_invalid)
         metrics = evaluate_checkpoint(
-            Path(args.model), groups, Path(args.output), temperature=args.temperature,
-            allow_overlap=args.allow_overlap, device=args.device,
+            Path(args.model),
+            groups,
+            Path(args.output),
+            temperature=args.temperature,
+            allow_overlap=args.allow_overlap,
+            device=args.device,
         )
     except (DataError, ValueError) as exc:
         print(f"reward-eval: error: {exc}", file=sys.stderr)

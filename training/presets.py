@@ -19,7 +19,7 @@ def demo_config(output: str | Path) -> RewardTrainingConfig:
         data=[str(BUNDLED_DATA)],
         output=str(output),
         epochs=2.0,
-        learning_rate=5e-5,
+        learning_rate=1e-4,
         warmup_ratio=0.1,
         weight_decay=0.01,
         batch_size=16,
@@ -31,6 +31,7 @@ def demo_config(output: str | Path) -> RewardTrainingConfig:
         seed=42,
         device="cpu",
         logging_steps=20,
+        save_steps=-1,  # nothing to resume: the demo is retrained from scratch when missing
     )
 
 
@@ -45,7 +46,9 @@ def apply_preset(config: RewardTrainingConfig, output: str | Path) -> RewardTrai
         raise ValueError(f"unknown preset {config.preset!r}; known: {', '.join(PRESETS)}")
     base = PRESETS[config.preset](output)
     defaults = RewardTrainingConfig()
-    changed = {k: v for k, v in vars(config).items() if v != getattr(defaults, k) and k not in ("preset", "output")}
+    changed = {
+        k: v for k, v in vars(config).items() if v != getattr(defaults, k) and k not in ("preset", "output")
+    }
     return replace(base, **changed)
 
 

@@ -36,7 +36,7 @@ from app.checkpoint import (
     save_manifest,
     save_metadata,
 )
-from app.formatting import InputFormatter
+from app.formatting import FormatType, InputFormatter
 from app.runner import RewardModelRunner, reward_logits
 from training.calibration import fit_temperature
 from training.config import RewardTrainingConfig
@@ -67,7 +67,8 @@ class RewardModelForTraining(torch.nn.Module):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Rewards, shape [batch]."""
-        inner = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
+        get_base_model = getattr(self.model, "get_base_model", None)  # a peft (LoRA) wrapper
+        inner = get_base_model() if callable(get_base_model) else self.model
         return reward_logits(inner, input_ids, attention_mask)
 
 
@@ -86,19 +87,27 @@ class RewardTrainer(Trainer):
         dataset = train_dataset if train_dataset is not None else self.train_dataset
         if dataset is None:
             return None
-        lengths = [max(len(ids) for ids in group.input_ids) * len(group.input_ids) for group in dataset]
+        groups: list[EncodedGroup] = list(dataset)
+        lengths = [max(len(ids) for ids in group.input_ids) * len(group.input_ids) for group in groups]
         generator = torch.Generator().manual_seed(self.args.seed)
         batch = self.args.train_batch_size * self.args.gradient_accumulation_steps
         return LengthGroupedSampler(batch, lengths=lengths, generator=generator)
 
     def compute_loss(
-        self, model: torch.nn.Module, inputs: dict[str, torch.Tensor], return_outputs: bool = False,
+        self,
+        model: torch.nn.Module,
+        inputs: dict[str, torch.Tensor],
+        return_outputs: bool = False,
         num_items_in_batch: Any = None,
     ) -> Any:
         """One concatenated forward pass over every response in the batch, then the pairwise loss."""
         rewards = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"]).float()
         out = preference_loss(
-            rewards, inputs["winners"], inputs["losers"], inputs["margins"], inputs["pair_weights"],
+            rewards,
+            inputs["winners"],
+            inputs["losers"],
+            inputs["margins"],
+            inputs["pair_weights"],
             self.center_rewards_coef,
         )
         if model.training:
@@ -111,7 +120,10 @@ class RewardTrainer(Trainer):
         return (out.loss, {"margins": out.margins}) if return_outputs else out.loss
 
     def prediction_step(
-        self, model: torch.nn.Module, inputs: dict[str, Any], prediction_loss_only: bool,
+        self,
+        model: torch.nn.Module,
+        inputs: dict[str, Any],
+        prediction_loss_only: bool,
         ignore_keys: list[str] | None = None,
     ) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
         """Evaluation returns each pair's margin r_w - r_l; the label is a placeholder the Trainer needs."""
@@ -146,7 +158,15 @@ def split_holdout(
     random.Random(seed).shuffle(order)
     held = max(1, round(len(groups) * fraction)) if fraction > 0 else 0
     holdout = set(order[:held])
-    return [g for i, g in enumerate(groups) if i not in holdout], [g for i, g in enumerate(groups) if i in holdout]
+    return [g for i, g in enumerate(groups) if i not in holdout], [
+        g for i, g in enumerate(groups) if i in holdout
+    ]
+
+
+def _format(config: RewardTrainingConfig) -> FormatType:
+    if config.input_format not in ("auto", "chat_template", "plain"):
+        raise ValueError(f"--input_format must be auto, chat_template or plain, not {config.input_format!r}")
+    return config.input_format  # type: ignore[return-value]
 
 
 def _precision(choice: str) -> tuple[bool, bool]:
@@ -174,11 +194,13 @@ def train_member(
     tokenizer = AutoTokenizer.from_pretrained(config.model)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
-    model = AutoModelForSequenceClassification.from_pretrained(config.model, num_labels=1, dtype=torch.float32)
+    model = AutoModelForSequenceClassification.from_pretrained(
+        config.model, num_labels=1, dtype=torch.float32
+    )
     if model.config.num_labels != 1:
         raise ValueError(f"num_labels must be 1 for a reward model, got {model.config.num_labels}")
     model.config.pad_token_id = tokenizer.pad_token_id
-    formatter = InputFormatter(tokenizer, input_format=config.input_format, max_length=config.max_length)  # type: ignore[arg-type]
+    formatter = InputFormatter(tokenizer, input_format=_format(config), max_length=config.max_length)
     train_set = encode_groups(train_groups, formatter, stats, skip_invalid=config.skip_invalid)
     eval_set = encode_groups(eval_groups, formatter, stats, skip_invalid=config.skip_invalid)
     head = _head_name(model)
@@ -189,8 +211,12 @@ def train_member(
         from peft import LoraConfig, get_peft_model
 
         lora = LoraConfig(
-            task_type="SEQ_CLS", r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
-            target_modules="all-linear", modules_to_save=[head],
+            task_type="SEQ_CLS",
+            r=config.lora_r,
+            lora_alpha=config.lora_alpha,
+            lora_dropout=config.lora_dropout,
+            target_modules="all-linear",
+            modules_to_save=[head],
         )
         model = get_peft_model(model, lora)
     if config.gradient_checkpointing:
@@ -213,8 +239,8 @@ def train_member(
         fp16=fp16,
         eval_strategy=("steps" if config.eval_steps else per_epoch) if eval_set else "no",
         eval_steps=config.eval_steps or None,
-        save_strategy="steps" if config.save_steps else per_epoch,
-        save_steps=config.save_steps or 500,
+        save_strategy="no" if config.save_steps < 0 else "steps" if config.save_steps else per_epoch,
+        save_steps=max(config.save_steps, 1),
         save_total_limit=2,
         logging_steps=config.logging_steps,
         report_to=[] if config.report_to == "none" else [config.report_to],
@@ -224,7 +250,9 @@ def train_member(
         greater_is_better=True,
         dataloader_num_workers=0,
     )
-    callbacks = [EarlyStoppingCallback(config.early_stopping_patience)] if config.early_stopping_patience else []
+    callbacks = (
+        [EarlyStoppingCallback(config.early_stopping_patience)] if config.early_stopping_patience else []
+    )
     trainer = RewardTrainer(
         model=RewardModelForTraining(model),
         args=args,
@@ -241,7 +269,9 @@ def train_member(
     export = model.merge_and_unload() if config.lora_r > 0 else model  # type: ignore[operator]
     export.save_pretrained(output, safe_serialization=True)
     tokenizer.save_pretrained(output)
-    return finalize_checkpoint(config, output, train_set, eval_groups, stats, seed, float(result.training_loss))
+    return finalize_checkpoint(
+        config, output, train_set, eval_groups, stats, seed, float(result.training_loss)
+    )
 
 
 def finalize_checkpoint(
@@ -260,7 +290,9 @@ def finalize_checkpoint(
     metrics: dict[str, Any] = {}
     temperature = 1.0
     if eval_groups:
-        formatter = InputFormatter(runner.tokenizer, input_format=config.input_format, max_length=config.max_length)  # type: ignore[arg-type]
+        formatter = InputFormatter(
+            runner.tokenizer, input_format=_format(config), max_length=config.max_length
+        )  # type: ignore[arg-type]
         scores = score_pairs(runner, formatter, eval_groups)
         temperature = fit_temperature(scores.margins)
         metrics = compute_metrics(scores, temperature, seed=seed)
@@ -271,7 +303,7 @@ def finalize_checkpoint(
         write_report(metrics, plots, report, title=f"Validation report: {output.name}")
     metadata = RewardMetadata(
         max_length=config.max_length,
-        input_format=InputFormat(type=config.input_format),  # type: ignore[arg-type]
+        input_format=InputFormat(type=_format(config)),
         normalization=normalization,
         calibration=Calibration(temperature=temperature),
         provenance={
@@ -293,7 +325,11 @@ def finalize_checkpoint(
 def _versions() -> dict[str, str]:
     import transformers
 
-    return {"python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__}
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+    }
 
 
 def train(config: RewardTrainingConfig) -> Path:
@@ -311,8 +347,12 @@ def train(config: RewardTrainingConfig) -> Path:
         train_groups = groups
     else:
         train_groups, eval_groups = split_holdout(groups, config.eval_fraction, config.seed)
-    log.info("training on %d groups, validating on %d; skipped: %s", len(train_groups), len(eval_groups),
-             dict(stats.skipped) or "none")
+    log.info(
+        "training on %d groups, validating on %d; skipped: %s",
+        len(train_groups),
+        len(eval_groups),
+        dict(stats.skipped) or "none",
+    )
     if config.ensemble <= 1:
         train_member(config, train_groups, eval_groups, stats, output, config.seed)
         _write_rows(output, train_groups)
