@@ -169,7 +169,8 @@ def test_json_parquet_and_gzip_files_load(tmp_path: Path):
     with gzip.open(tmp_path / "b.jsonl.gz", "wt") as fh:
         fh.write("\n".join(json.dumps(r) for r in rows))
     pq.write_table(pa.Table.from_pylist(rows), tmp_path / "c.parquet")
-    for name in ("a.json", "b.jsonl.gz", "c.parquet"):
+    (tmp_path / "d.parquet.gz").write_bytes(gzip.compress((tmp_path / "c.parquet").read_bytes()))
+    for name in ("a.json", "b.jsonl.gz", "c.parquet", "d.parquet.gz"):
         groups, stats = load_preferences([tmp_path / name])
         assert [g.responses for g in groups] == [("a", "b"), ("c", "d")], name
         assert len(stats.files[str(tmp_path / name)]["sha256"]) == 64
@@ -249,3 +250,56 @@ def test_one_training_step_changes_the_parameters(bert_dir: Path, tmp_path: Path
     assert metadata["provenance"]["train_groups"] == 6 and metadata["provenance"]["eval_groups"] == 2
     assert metadata["normalization"]["std"] > 0 and metadata["calibration"]["temperature"] > 0
     assert (tmp_path / "out" / "eval" / "report.md").exists()
+
+
+def _tiny_run(model_dir: Path, tmp_path: Path, **options) -> Path:
+    from training.trainer import train
+
+    data = tmp_path / "train.jsonl"
+    rows = [
+        {"prompt": f"question {i}", "chosen": f"good answer {i}", "rejected": f"bad {i}"} for i in range(8)
+    ]
+    data.write_text("\n".join(json.dumps(r) for r in rows))
+    config = RewardTrainingConfig(
+        model=str(model_dir),
+        data=[str(data)],
+        output=str(tmp_path / "out"),
+        max_steps=2,
+        batch_size=4,
+        learning_rate=1e-2,
+        warmup_ratio=0.0,
+        eval_fraction=0.25,
+        report_to="none",
+        max_length=32,
+        device="cpu",
+        save_steps=-1,
+        **options,
+    )
+    return train(config)
+
+
+def test_freeze_backbone_trains_only_the_head(bert_dir: Path, tmp_path: Path):
+    from transformers import AutoModelForSequenceClassification
+
+    before = AutoModelForSequenceClassification.from_pretrained(bert_dir).state_dict()
+    after = AutoModelForSequenceClassification.from_pretrained(
+        _tiny_run(bert_dir, tmp_path, freeze_backbone=True)
+    )
+    changed = {k for k, v in after.state_dict().items() if not torch.equal(before[k], v)}
+    assert changed == {"classifier.weight"}  # the bias cancels in r_chosen - r_rejected: zero gradient
+
+
+def test_lora_is_merged_into_a_plain_checkpoint(llama_dir: Path, tmp_path: Path):
+    from safetensors.torch import load_file
+    from transformers import AutoModelForSequenceClassification
+
+    out = _tiny_run(llama_dir, tmp_path, lora_r=4, lora_alpha=8)
+    keys = set(load_file(out / "model.safetensors"))
+    assert not any("lora" in k for k in keys) and "score.weight" in keys
+    before = AutoModelForSequenceClassification.from_pretrained(llama_dir).state_dict()
+    after = AutoModelForSequenceClassification.from_pretrained(out).state_dict()
+    assert set(after) == set(before)
+    assert not torch.equal(
+        before["model.layers.0.self_attn.q_proj.weight"], after["model.layers.0.self_attn.q_proj.weight"]
+    )
+    assert not torch.equal(before["score.weight"], after["score.weight"])

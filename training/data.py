@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import io
 import itertools
 import json
 import re
@@ -95,7 +96,8 @@ def read_rows(path: Path) -> Iterator[tuple[int, Any]]:
     if name.endswith(".parquet"):
         import pyarrow.parquet as pq
 
-        for number, row in enumerate(pq.read_table(path).to_pylist(), start=1):
+        source = io.BytesIO(gzip.decompress(path.read_bytes())) if path.name.endswith(".gz") else path
+        for number, row in enumerate(pq.read_table(source).to_pylist(), start=1):
             yield number, row
         return
     opener = gzip.open if path.name.endswith(".gz") else open

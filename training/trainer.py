@@ -222,7 +222,9 @@ def train_member(
     if config.gradient_checkpointing:
         model.gradient_checkpointing_enable()
     bf16, fp16 = _precision(config.precision)
-    per_epoch = "epoch"
+    eval_strategy = ("steps" if config.eval_steps else "epoch") if eval_set else "no"
+    save_strategy = "no" if config.save_steps < 0 else "steps" if config.save_steps else "epoch"
+    early_stopping = config.early_stopping_patience > 0 and bool(eval_set)
     args = TrainingArguments(
         output_dir=str(output / "trainer"),
         num_train_epochs=config.epochs,
@@ -237,16 +239,17 @@ def train_member(
         seed=seed,
         bf16=bf16,
         fp16=fp16,
-        eval_strategy=("steps" if config.eval_steps else per_epoch) if eval_set else "no",
+        eval_strategy=eval_strategy,
         eval_steps=config.eval_steps or None,
-        save_strategy="no" if config.save_steps < 0 else "steps" if config.save_steps else per_epoch,
-        save_steps=max(config.save_steps, 1),
+        # Early stopping restores the best evaluation, so it needs a save at every evaluation.
+        save_strategy=eval_strategy if early_stopping else save_strategy,
+        save_steps=(config.eval_steps or 1) if early_stopping else max(config.save_steps, 1),
         save_total_limit=2,
         logging_steps=config.logging_steps,
         report_to=[] if config.report_to == "none" else [config.report_to],
         remove_unused_columns=False,
-        load_best_model_at_end=config.early_stopping_patience > 0,
-        metric_for_best_model="accuracy" if config.early_stopping_patience > 0 else None,
+        load_best_model_at_end=early_stopping,
+        metric_for_best_model="accuracy" if early_stopping else None,
         greater_is_better=True,
         dataloader_num_workers=0,
     )
