@@ -85,6 +85,9 @@ class EnsembleManifest(BaseModel):
     members: list[EnsembleMember] = Field(min_length=1)
     aggregation: Aggregation = "mean"
     uncertainty_coef: float = Field(default=1.0, ge=0.0)
+    calibration: Calibration | None = Field(
+        default=None, description="Temperature fitted on the aggregated, standardized rewards."
+    )
     provenance: dict[str, Any] = Field(default_factory=dict)
 
 

@@ -1,4 +1,4 @@
-"""The demo model served when `reward-serve` gets no `--model`: MiniLM fine-tuned on the bundled data.
+"""The demo model served when `reward-serve` gets no `--model`: 3 MiniLMs fine-tuned on the bundled data.
 
 It is trained on first use (about 10 minutes on 2 CPU cores) and cached; nothing is downloaded.
 """
@@ -9,7 +9,7 @@ import logging
 import os
 from pathlib import Path
 
-from app.checkpoint import REWARD_FILE
+from app.checkpoint import ENSEMBLE_FILE
 
 log = logging.getLogger(__name__)
 
@@ -23,7 +23,7 @@ def demo_model_dir() -> Path:
 def ensure_demo_model() -> Path:
     """Return the demo checkpoint, training it from the bundled data first if it is missing."""
     target = demo_model_dir()
-    if (target / REWARD_FILE).exists():
+    if (target / ENSEMBLE_FILE).exists():
         return target
     log.warning(
         "no demo model at %s: training it now on the bundled HH-RLHF data (~10 min on 2 cores)", target

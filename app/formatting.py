@@ -86,10 +86,26 @@ class InputFormatter:
     def render(self, item: RewardInput) -> tuple[str, int]:
         """Return the formatted text and the character offset where the scored response starts."""
         if item.text is not None:
-            return item.text, 0
+            return self._strip_padding(item.text), 0
         if self.use_chat_template:
             return self._render_chat(item.messages)
         return render_plain(item.messages)
+
+    def _strip_padding(self, text: str) -> str:
+        """Drop pad tokens around an already formatted text (OpenRLHF decodes left-padded rollouts).
+
+        Leading pads never carry meaning. Trailing ones are kept when pad doubles as eos, since a
+        trailing eos can be part of the format.
+        """
+        pad = getattr(self.tokenizer, "pad_token", None)
+        if not pad:
+            return text
+        while text.startswith(pad):
+            text = text[len(pad) :]
+        if pad != getattr(self.tokenizer, "eos_token", None):
+            while text.endswith(pad):
+                text = text[: -len(pad)]
+        return text
 
     def _render_chat(self, messages: tuple[tuple[str, str], ...]) -> tuple[str, int]:
         conversation = [{"role": role, "content": content} for role, content in messages]

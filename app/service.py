@@ -26,7 +26,7 @@ from app.checkpoint import (
     validate_checkpoint,
 )
 from app.ensemble import aggregate, spread
-from app.errors import InferenceFailed, InvalidInput, RewardError
+from app.errors import InferenceFailed, InvalidInput, Overloaded, RewardError
 from app.formatting import EncodedInput, InputFormatter, RewardInput
 from app.metrics import Metrics
 from app.runner import RewardModelRunner
@@ -236,9 +236,17 @@ class RewardService:
         # Raw scales differ between members, so an ensemble always aggregates standardized rewards.
         normalized = len(self.members) > 1 or (self.settings.normalize if normalize is None else normalize)
         encodings = await self._encode(items)
-        member_futures = [
-            m.batcher.submit([e.input_ids for e in encodings[m.encoding_key]]) for m in self.members
-        ]
+        member_futures: list[list[asyncio.Future[ItemResult]]] = []
+        try:
+            for member in self.members:
+                member_futures.append(
+                    member.batcher.submit([e.input_ids for e in encodings[member.encoding_key]])
+                )
+        except Overloaded:
+            for futures in member_futures:  # members that accepted must not compute for nothing
+                for future in futures:
+                    future.cancel()
+            raise
         results = await asyncio.gather(
             *(asyncio.gather(*fs, return_exceptions=True) for fs in member_futures)
         )
@@ -306,9 +314,15 @@ class RewardService:
         return Ranking(order, outcome)
 
     def temperature(self, normalized: bool) -> float:
-        """Calibration temperature on the scale the rewards are reported in."""
+        """Calibration temperature on the scale the rewards are reported in.
+
+        One model: its own T (divided by its std when normalized). An ensemble: the temperature fitted
+        on its aggregated rewards when the manifest has one, else the members' mean T / std.
+        """
         if not normalized:
             return self.members[0].metadata.calibration.temperature
+        if len(self.members) > 1 and self.manifest is not None and self.manifest.calibration is not None:
+            return self.manifest.calibration.temperature
         scaled = [m.metadata.calibration.temperature / m.metadata.normalization.std for m in self.members]
         return math.fsum(scaled) / len(scaled)
 

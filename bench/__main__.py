@@ -187,6 +187,15 @@ def main(argv: list[str] | None = None) -> None:
         from app.demo import ensure_demo_model
 
         args.model = str(ensure_demo_model())
+    from app.checkpoint import is_ensemble, load_manifest
+
+    if is_ensemble(args.model):
+        # The offline limit and the naive server are single-model ideas: measure one member, and the
+        # ensemble's own cost as a ratio (--ensemble-of, default: the ensemble's size).
+        manifest = load_manifest(args.model)
+        args.ensemble_of = args.ensemble_of or len(manifest.members)
+        args.model = str(Path(args.model) / manifest.members[0].path)
+        print(f"ensemble given: benchmarking its first member {args.model}", flush=True)
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="bench-"))

@@ -7,6 +7,7 @@ import math
 import re
 import subprocess
 import sys
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -224,3 +225,28 @@ def test_a_broken_checkpoint_stops_startup_with_one_line(tmp_path: Path, breakag
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("reward-serve: error: ") and message in lines[0]
+
+
+def test_a_client_that_disconnects_has_its_queued_items_dropped(llama_dir: Path, tmp_path: Path):
+    """One item per forward pass makes a 1000-item request slow; the client leaves after 0.5 s."""
+    server = start_server(llama_dir, tmp_path, "--max-batch-size", "1", "--max-wait-ms", "0")
+    items = [{"prompt": f"question {i}", "response": "an answer"} for i in range(1000)]
+    try:
+        with server.client(timeout=0.5) as impatient, pytest.raises(httpx.ReadTimeout):
+            impatient.post("/score", json={"items": items})
+        with server.client() as client:
+            deadline = time.monotonic() + 30
+            while True:
+                text = client.get("/metrics").text
+                gone = 'reward_requests_total{endpoint="/score",status="499"} 1.0' in text
+                if gone and re.search(r'^reward_queue_depth_items\{member="[^"]+"\} 0.0$', text, re.M):
+                    break
+                assert time.monotonic() < deadline, "the server never dropped the disconnected items"
+                time.sleep(0.05)
+            assert client.post("/score", json={"items": items[:2]}).status_code == 200  # still serving
+    finally:
+        stop_server(server)
+    forwards = float(
+        re.search(r'^reward_batch_size_items_count\{member="[^"]+"\} (\S+)$', text, re.M).group(1)
+    )
+    assert forwards < 1000  # warm-up is not counted; the rest of the 1000 items never reached the model

@@ -141,3 +141,21 @@ async def test_a_single_model_is_an_ensemble_of_one(llama_dir: Path):
         outcome = await service.score(ITEMS[:2])
     assert [i.std for i in outcome.items] == [0.0, 0.0]
     assert [i.member_rewards[0] for i in outcome.items] == outcome.rewards and not outcome.normalized
+
+
+async def test_a_temperature_fitted_on_the_ensemble_takes_precedence(ensemble_dir: Path, tmp_path: Path):
+    import shutil
+
+    from app.checkpoint import Calibration, load_manifest
+
+    root = tmp_path / "calibrated"
+    shutil.copytree(ensemble_dir, root)
+    manifest = load_manifest(root)
+    manifest.calibration = Calibration(temperature=0.25)
+    save_manifest(root, manifest)
+    async with running(root) as service:
+        result = await service.compare("hi", "hello there", "no")
+    assert result.temperature == 0.25
+    assert result.prob_a_better == pytest.approx(
+        1 / (1 + math.exp(-(result.a.reward - result.b.reward) / 0.25))
+    )

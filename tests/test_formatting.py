@@ -131,3 +131,19 @@ def test_plain_format_can_be_forced_on_a_chat_tokenizer(llama_tok):
 def test_chat_template_required_but_missing_is_an_error(bert_tok):
     with pytest.raises(ValueError, match="no chat template"):
         InputFormatter(bert_tok, input_format="chat_template", max_length=64)
+
+
+def test_padding_around_a_raw_query_is_ignored(bert_tok):
+    fmt = InputFormatter(bert_tok, input_format="plain", max_length=64)
+    padded, clean = fmt.encode(
+        [RewardInput.raw("[PAD][PAD]hello there[PAD]"), RewardInput.raw("hello there")]
+    )
+    assert padded.input_ids == clean.input_ids
+
+
+def test_a_trailing_pad_that_is_also_eos_is_kept():
+    tokenizer = llama_tokenizer()
+    tokenizer.pad_token = tokenizer.eos_token  # what the runner does for causal models without a pad
+    fmt = InputFormatter(tokenizer, input_format="auto", max_length=64)
+    [encoded] = fmt.encode([RewardInput.raw("</s></s><s>hi</s>")])
+    assert encoded.input_ids == tokenizer("<s>hi</s>", add_special_tokens=False)["input_ids"]

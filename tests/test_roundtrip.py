@@ -185,6 +185,8 @@ def test_an_ensemble_trained_by_reward_train_is_served(bert_dir: Path, hh_small,
     )
     manifest = json.loads((out / "ensemble.json").read_text())
     assert [m["path"] for m in manifest["members"]] == ["member-0", "member-1"]
+    assert manifest["provenance"]["eval_metrics"]["pairs"] == 16  # the ensemble as served, evaluated
+    assert (out / "eval" / "report.md").exists()
     seeds = [
         json.loads((out / m / "reward.json").read_text())["provenance"]["seed"]
         for m in ("member-0", "member-1")

@@ -42,6 +42,9 @@ class RewardTrainingConfig:
     seed: int = _opt(42, "Random seed (member i of an ensemble uses seed + i).")
     precision: str = _opt("auto", "auto | fp32 | bf16 | fp16. auto: bf16 on GPUs that support it, else fp32.")
     gradient_checkpointing: bool = _opt(False, "Trade compute for memory.")
+    disable_dropout: bool = _opt(
+        True, "Set every dropout to 0, as reward training usually does (TRL's default)."
+    )
     freeze_backbone: bool = _opt(False, "Train only the reward head.")
     lora_r: int = _opt(
         0, "LoRA rank through peft (0: full fine-tuning). Merged into the exported checkpoint."

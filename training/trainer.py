@@ -6,7 +6,6 @@ Distribution, mixed precision and checkpointing are the Trainer's and accelerate
 
 from __future__ import annotations
 
-import json
 import logging
 import platform
 import random
@@ -43,11 +42,10 @@ from training.config import RewardTrainingConfig
 from training.data import EncodedGroup, LoadStats, PreferenceGroup, encode_groups, load_preferences
 from training.evaluate import (
     TRAIN_ROWS_FILE,
-    compute_metrics,
+    score_checkpoint,
     score_pairs,
     score_sequences,
-    write_plots,
-    write_report,
+    write_evaluation,
 )
 from training.loss import PreferenceCollator, preference_loss
 
@@ -200,6 +198,10 @@ def train_member(
     if model.config.num_labels != 1:
         raise ValueError(f"num_labels must be 1 for a reward model, got {model.config.num_labels}")
     model.config.pad_token_id = tokenizer.pad_token_id
+    if config.disable_dropout:
+        for module in model.modules():
+            if isinstance(module, torch.nn.Dropout):
+                module.p = 0.0
     formatter = InputFormatter(tokenizer, input_format=_format(config), max_length=config.max_length)
     train_set = encode_groups(train_groups, formatter, stats, skip_invalid=config.skip_invalid)
     eval_set = encode_groups(eval_groups, formatter, stats, skip_invalid=config.skip_invalid)
@@ -298,12 +300,9 @@ def finalize_checkpoint(
         )  # type: ignore[arg-type]
         scores = score_pairs(runner, formatter, eval_groups)
         temperature = fit_temperature(scores.margins)
-        metrics = compute_metrics(scores, temperature, seed=seed)
-        report = output / "eval"
-        report.mkdir(exist_ok=True)
-        plots = write_plots(scores, temperature, report)
-        (report / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-        write_report(metrics, plots, report, title=f"Validation report: {output.name}")
+        metrics = write_evaluation(
+            scores, temperature, output / "eval", title=f"Validation report: {output.name}", seed=seed
+        )
     metadata = RewardMetadata(
         max_length=config.max_length,
         input_format=InputFormat(type=_format(config)),
@@ -371,7 +370,26 @@ def train(config: RewardTrainingConfig) -> Path:
         train_member(config, member_groups, eval_groups, stats, output / name, seed)
         _write_rows(output / name, member_groups)
         members.append(EnsembleMember(path=name, name=name))
-    save_manifest(output, EnsembleManifest(members=members, provenance={"base_model": str(config.model)}))
+    provenance: dict[str, Any] = {
+        "base_model": str(config.model),
+        "members": config.ensemble,
+        "seed": config.seed,
+    }
+    manifest = EnsembleManifest(members=members, provenance=provenance)
+    save_manifest(output, manifest)
+    if eval_groups:
+        # The ensemble as served (members standardized, then aggregated), calibrated on its own.
+        scores, _ = score_checkpoint(output, eval_groups, config.device)
+        manifest.calibration = Calibration(temperature=fit_temperature(scores.margins))
+        report = write_evaluation(
+            scores,
+            manifest.calibration.temperature,
+            output / "eval",
+            title=f"Validation report: ensemble {output.name}",
+            seed=config.seed,
+        )
+        manifest.provenance["eval_metrics"] = {k: v for k, v in report.items() if k != "accuracy_by_length"}
+        save_manifest(output, manifest)
     return output
 
 

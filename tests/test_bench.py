@@ -1,0 +1,65 @@
+"""Smoke test of the benchmark: a few seconds on a tiny model, to keep `make bench` working.
+
+It asserts that every figure is produced and sane, never how fast anything is.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bench.loadgen import check_loopback
+from tests.conftest import REPO
+
+pytestmark = pytest.mark.slow
+
+
+def test_the_benchmark_runs_end_to_end_and_reports_every_ratio(bert_dir: Path, tmp_path: Path):
+    out = tmp_path / "bench"
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bench",
+            "--model",
+            str(bert_dir),
+            "--quick",
+            "--seconds",
+            "1",
+            "--output",
+            str(out),
+            "--ensemble-of",
+            "2",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=REPO,
+    )
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    results = json.loads((out / "results.json").read_text())
+    assert (out / "throughput.png").stat().st_size > 0
+    for name in (
+        "saturation_over_offline_limit",
+        "service_over_naive_c8_n16",
+        "service_over_naive_c64_n1",
+        "padding_efficiency_hh",
+        "p50_c1_n1_over_direct_forward",
+        "ensemble_cost_over_k_times_single",
+    ):
+        assert results["ratios"][name] > 0, name
+    assert 0 < results["padding_efficiency_hh"] <= 1
+    assert all(v["errors"] == 0 for v in results["service"].values())
+    assert set(results["best_of_n"]) == {"n4", "n16", "n64"}
+    assert "Target ratios (same run):" in result.stdout
+
+
+def test_the_load_generator_refuses_anything_but_loopback():
+    check_loopback("http://127.0.0.1:8000/score")
+    check_loopback("http://localhost:8000/score")
+    with pytest.raises(SystemExit, match=r"refusing non-loopback target '10\.0\.0\.1'"):
+        check_loopback("http://10.0.0.1:8000/score")
