@@ -4,9 +4,9 @@ Contract (as in Ray Serve's batch queue, capped by tokens as in TEI):
 - a batch is capped by item count and by a token budget, where cost = items x longest item;
 - the oldest waiting item is always in the next batch (no starvation), and the rest of the batch is
   the items closest to it in length, so little compute is spent on padding;
-- while the model is idle the batcher waits at most `max_wait_s` for a batch to fill; while it is
-  busy, the next batch is picked as soon as a full one is waiting and is dispatched the moment the
-  model frees up;
+- while the model is idle the batcher waits at most `max_wait_s` for a batch to fill, and only when
+  requests arrive closer together than that (a lone client is never held back); while the model is
+  busy, the next batch is picked as soon as a full one is waiting and runs the moment the model frees;
 - items whose future was cancelled (the client went away) are dropped before compute;
 - the queue is bounded: `submit` raises `Overloaded` instead of growing;
 - a failing batch is split in halves and retried, so only items that fail on their own get an error;
@@ -71,6 +71,7 @@ class DynamicBatcher:
         max_queue_items: int = 4096,
         metrics: Metrics | None = None,
         clock: Callable[[], float] = time.monotonic,
+        executor: ThreadPoolExecutor | None = None,
     ) -> None:
         if max_batch_size < 1 or max_batch_tokens < 1 or max_queue_items < 1:
             raise ValueError("batch and queue limits must be positive")
@@ -83,12 +84,16 @@ class DynamicBatcher:
         self.metrics = metrics or Metrics()
         self._clock = clock
         self._pending: list[_Entry] = []
+        self._last_submit = -math.inf
+        self._arrival_gap = math.inf  # seconds between the two latest requests
         self._arrived = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._inflight: asyncio.Task[None] | None = None
         self._picked: list[_Entry] = []
         # One thread owns the model: forward passes never overlap and never block the event loop.
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"forward-{name}")
+        # Pass the thread that loaded and warmed the model up: on CPU, every thread that runs torch
+        # keeps its own OpenMP team, and a second team makes every later forward pass slower.
+        self._executor = executor or ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"model-{name}")
 
     @property
     def queue_depth(self) -> int:
@@ -124,6 +129,8 @@ class DynamicBatcher:
                 self.metrics.rejected.inc(len(sequences))
                 waiting, limit = len(self._pending), self.max_queue_items
                 raise Overloaded(f"queue full: {waiting} items waiting, limit {limit}; retry later")
+        now = self._clock()
+        self._arrival_gap, self._last_submit = now - self._last_submit, now
         loop = asyncio.get_running_loop()
         futures: list[asyncio.Future[ItemResult]] = []
         for tokens in sequences:
@@ -145,7 +152,7 @@ class DynamicBatcher:
             if busy and not self._full():
                 await self._wait_arrival(also=self._inflight)
                 continue
-            if not busy and not self._full():
+            if not busy and not self._full() and self._arrival_gap < self.max_wait_s:
                 remaining = self._pending[0].enqueued + self.max_wait_s - self._clock()
                 if remaining > 0:
                     await self._wait_arrival(wait_s=remaining)

@@ -13,6 +13,7 @@ import logging
 import math
 import threading
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,6 +47,8 @@ class Member:
     metadata: RewardMetadata
     weight: float
     encoding_key: str
+    thread: ThreadPoolExecutor
+    """The one thread that loads, warms up and runs this model."""
 
     def normalize(self, reward: float) -> float:
         """Standardize with this member's own training statistics."""
@@ -147,14 +150,21 @@ class RewardService:
     def _load_member(self, name: str, path: Path, device: str, weight: float) -> Member:
         s = self.settings
         metadata = validate_checkpoint(path)
-        runner = RewardModelRunner(
-            path,
-            device=device,
-            dtype=s.dtype,
-            trust_remote_code=s.trust_remote_code,
-            metadata=metadata,
-            device_lock=self._device_locks.setdefault(device, threading.Lock()),
-        )
+        # The thread that loads the model runs its warm-up and every forward pass (see DynamicBatcher).
+        thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"model-{name}")
+        try:
+            runner = thread.submit(
+                RewardModelRunner,
+                path,
+                device=device,
+                dtype=s.dtype,
+                trust_remote_code=s.trust_remote_code,
+                metadata=metadata,
+                device_lock=self._device_locks.setdefault(device, threading.Lock()),
+            ).result()
+        except BaseException:
+            thread.shutdown(wait=False)
+            raise
         limits = [metadata.max_length, s.max_input_tokens, runner.max_positions]
         max_length = min(x for x in limits if x)
         formatter = InputFormatter(
@@ -171,9 +181,10 @@ class RewardService:
             max_wait_s=s.max_wait_ms / 1000.0,
             max_queue_items=s.max_queue_items,
             metrics=self.metrics,
+            executor=thread,
         )
         key = _encoding_key(runner.tokenizer, formatter)
-        return Member(name, runner, formatter, batcher, metadata, weight, key)
+        return Member(name, runner, formatter, batcher, metadata, weight, key, thread)
 
     def warmup(self) -> None:
         """Run each member on one short input and on a full token budget, so /ready means fast."""
@@ -183,11 +194,13 @@ class RewardService:
                 member.runner.pad_id
             ]
             content = fmt.max_length - len(fmt.prefix) - len(fmt.suffix)
-            member.runner.forward([fmt.prefix + filler + fmt.suffix])
             rows = max(
                 1, min(self.settings.max_batch_size, member.batcher.max_batch_tokens // fmt.max_length)
             )
-            member.runner.forward([fmt.prefix + filler * content + fmt.suffix] * rows)
+            short = [fmt.prefix + filler + fmt.suffix]
+            full = [fmt.prefix + filler * content + fmt.suffix] * rows
+            for batch in (short, full):
+                member.thread.submit(member.runner.forward, batch).result()
 
     def start(self) -> None:
         """Start every member's batcher (inside the event loop) and mark the service ready."""

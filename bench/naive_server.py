@@ -7,8 +7,8 @@ Run: python -m bench.naive_server MODEL_DIR PORT
 
 from __future__ import annotations
 
+import asyncio
 import sys
-import threading
 from typing import Any
 
 import torch
@@ -27,15 +27,18 @@ def build_app(model_dir: str) -> FastAPI:
     formatter = InputFormatter(
         runner.tokenizer, input_format=metadata.input_format.type, max_length=metadata.max_length
     )
-    lock = threading.Lock()
+    lock = asyncio.Lock()
     app = FastAPI()
 
     @app.post("/score")
-    def score(body: dict[str, Any]) -> dict[str, list[float]]:  # sync handler: runs in the threadpool
-        items = [RewardInput.from_prompt_response(i["prompt"], i["response"]) for i in body["items"]]
-        ids = [e.input_ids for e in formatter.encode(items)]
-        with lock, torch.inference_mode():
-            return {"rewards": runner.forward(ids)}
+    async def score(body: dict[str, Any]) -> dict[str, list[float]]:
+        # As OpenRLHF's serve_rm: the forward pass runs on the event loop thread, one request at a
+        # time. (A sync handler would spread torch over threadpool threads, which is slower on CPU.)
+        async with lock:
+            items = [RewardInput.from_prompt_response(i["prompt"], i["response"]) for i in body["items"]]
+            ids = [e.input_ids for e in formatter.encode(items)]
+            with torch.inference_mode():
+                return {"rewards": runner.forward(ids)}
 
     @app.get("/ready")
     def ready() -> dict[str, str]:

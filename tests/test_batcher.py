@@ -63,13 +63,44 @@ async def test_flushes_when_max_batch_size_is_reached_without_waiting():
     assert runner.batches == [[[1], [2], [3], [4]]]
 
 
-async def test_flushes_a_partial_batch_after_max_wait():
+async def test_a_lone_request_on_an_idle_model_is_not_held_back():
+    runner = FakeRunner()
+    batcher = DynamicBatcher(runner, max_batch_size=100, max_wait_s=60.0)
+
+    async def body():
+        futures = batcher.submit([[5], [6]])
+        await asyncio.gather(*futures)  # run_with gives up after 10 s: far less than the 60 s wait
+        return results(futures)
+
+    assert await run_with(batcher, body()) == [5.0, 6.0]
+    assert runner.batches == [[[5], [6]]]
+
+
+async def test_requests_arriving_together_wait_for_each_other_while_the_model_is_idle():
+    runner = FakeRunner()
+    batcher = DynamicBatcher(runner, max_batch_size=100, max_wait_s=0.05)
+
+    async def body():
+        first = batcher.submit([[1]])
+        second = batcher.submit([[2]])  # arrives right after the first: traffic is dense
+        loop = asyncio.get_running_loop()
+        third: list[asyncio.Future] = []
+        # Runs after the batcher has seen [1] and [2] and started waiting for more.
+        loop.call_soon(lambda: third.extend(batcher.submit([[3]])))
+        await asyncio.gather(*first, *second)
+        await asyncio.gather(*third)
+
+    await run_with(batcher, body())
+    assert runner.batches == [[[1], [2], [3]]]
+
+
+async def test_a_waiting_partial_batch_is_flushed_at_the_deadline():
     runner = FakeRunner()
     batcher = DynamicBatcher(runner, max_batch_size=100, max_wait_s=0.005)
 
     async def body():
-        futures = batcher.submit([[5], [6]])
-        await asyncio.gather(*futures)
+        futures = [*batcher.submit([[5]]), *batcher.submit([[6]])]  # dense: the batcher waits...
+        await asyncio.gather(*futures)  # ...but only until the oldest item's deadline
         return results(futures)
 
     assert await run_with(batcher, body()) == [5.0, 6.0]
