@@ -3,7 +3,8 @@
 Contract (as in Ray Serve's batch queue, capped by tokens as in TEI):
 - a batch is capped by item count and by a token budget, where cost = items x longest item;
 - the oldest waiting item is always in the next batch (no starvation), and the rest of the batch is
-  the items closest to it in length, so little compute is spent on padding;
+  the items closest to it in length; a batch stops growing before more than `max_padding_ratio` of
+  its tokens would be padding, so a mixed queue becomes several homogeneous batches;
 - while the model is idle the batcher waits at most `max_wait_s` for a batch to fill, and only when
   requests arrive closer together than that (a lone client is never held back); while the model is
   busy, the next batch is picked as soon as a full one is waiting and runs the moment the model frees;
@@ -69,6 +70,7 @@ class DynamicBatcher:
         max_batch_tokens: int = 16384,
         max_wait_s: float = 0.002,
         max_queue_items: int = 4096,
+        max_padding_ratio: float = 1.0,
         metrics: Metrics | None = None,
         clock: Callable[[], float] = time.monotonic,
         executor: ThreadPoolExecutor | None = None,
@@ -81,6 +83,7 @@ class DynamicBatcher:
         self.max_batch_tokens = max_batch_tokens
         self.max_wait_s = max_wait_s
         self.max_queue_items = max_queue_items
+        self.max_padding_ratio = max_padding_ratio
         self.metrics = metrics or Metrics()
         self._clock = clock
         self._pending: list[_Entry] = []
@@ -196,23 +199,27 @@ class DynamicBatcher:
         anchor = self._pending[0]
         order = sorted(self._pending, key=lambda e: e.length)
         lo = hi = next(i for i, e in enumerate(order) if e is anchor)
+        real = anchor.length
         while hi - lo + 1 < self.max_batch_size:
             count, longest = hi - lo + 1, order[hi].length
             # Padding each neighbour would add: a shorter one pads itself, a longer one pads everyone.
             left_cost = longest - order[lo - 1].length if lo > 0 else math.inf
             right_cost = count * (order[hi + 1].length - longest) if hi + 1 < len(order) else math.inf
+            if left_cost == right_cost == math.inf:
+                break
+            take_left = left_cost <= right_cost
+            added = order[lo - 1] if take_left else order[hi + 1]
+            padded = (count + 1) * max(longest, added.length)
             if (
-                left_cost <= right_cost
-                and left_cost < math.inf
-                and (count + 1) * longest <= self.max_batch_tokens
+                padded > self.max_batch_tokens
+                or 1.0 - (real + added.length) / padded > self.max_padding_ratio
             ):
-                lo -= 1
-            elif right_cost < math.inf and (count + 1) * order[hi + 1].length <= self.max_batch_tokens:
-                hi += 1
-            elif left_cost < math.inf and (count + 1) * longest <= self.max_batch_tokens:
+                break
+            real += added.length
+            if take_left:
                 lo -= 1
             else:
-                break
+                hi += 1
         chosen = {id(e) for e in order[lo : hi + 1]}
         batch = [e for e in self._pending if id(e) in chosen]
         self._pending = [e for e in self._pending if id(e) not in chosen]

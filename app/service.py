@@ -180,6 +180,7 @@ class RewardService:
             max_batch_tokens=max(s.max_batch_tokens, max_length),
             max_wait_s=s.max_wait_ms / 1000.0,
             max_queue_items=s.max_queue_items,
+            max_padding_ratio=_padding_ratio(s.max_padding_ratio, runner.device.type),
             metrics=self.metrics,
             executor=thread,
         )
@@ -356,6 +357,13 @@ class RewardService:
             m.reward_value.observe(item.reward)
             if len(self.members) > 1:
                 m.disagreement.observe(item.std)
+
+
+def _padding_ratio(setting: float | None, device_type: str) -> float:
+    """The padding bound for a device: on a CPU every padded token costs as much as a real one."""
+    if setting is not None:
+        return setting
+    return 0.5 if device_type == "cuda" else 0.1
 
 
 def _item_error(index: int, member: Member, error: BaseException) -> RewardError:

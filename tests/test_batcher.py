@@ -156,6 +156,22 @@ async def test_similar_lengths_are_grouped_and_the_oldest_item_goes_first():
     assert [sorted(len(s) for s in b) for b in runner.batches[1:]] == [[1, 2, 3], [50, 51, 52]]
 
 
+async def test_a_mixed_queue_is_split_instead_of_padded():
+    runner = FakeRunner(hold=True)
+    batcher = DynamicBatcher(runner, max_batch_size=64, max_wait_s=0.0, max_padding_ratio=0.25)
+
+    async def body():
+        blocker = batcher.submit([[0]])
+        await runner.wait_entered()
+        # All fit one batch by count and tokens, but 10+10+40 padded to 40 would be 50% padding.
+        queued = batcher.submit([[1] * 10, [1] * 40, [1] * 10, [1] * 36])
+        runner.gate.set()
+        await asyncio.gather(*blocker, *queued)
+
+    await run_with(batcher, body())
+    assert [sorted(len(s) for s in b) for b in runner.batches[1:]] == [[10, 10], [36, 40]]
+
+
 async def test_a_failing_item_fails_alone_and_the_rest_of_its_batch_succeeds():
     runner = FakeRunner()
     batcher = DynamicBatcher(runner, max_batch_size=4, max_wait_s=60.0)
