@@ -91,13 +91,19 @@ def test_chunked_oversized_body_is_413(client: TestClient):
     assert response.status_code == 413
 
 
-def test_more_items_than_the_queue_holds_is_429_with_retry_after(client: TestClient):
-    response = client.post("/best-of-n", json={"prompt": "hi", "responses": ["a", "b", "c", "d"]})
-    assert response.status_code == 200
-    response = client.post("/score", json={"items": [GOOD] * 4, "normalize": False})
-    assert response.status_code == 200
-    big = {"query": ["a b c"] * 4}
-    assert client.post("/get_reward", json=big).status_code == 200
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/score", lambda n: {"items": [GOOD] * n}),
+        ("/best-of-n", lambda n: {"prompt": "hi", "responses": ["a", "b", "c", "d", "e"][:n]}),
+        ("/get_reward", lambda n: {"query": ["a b c"] * n}),
+    ],
+)
+def test_the_item_limit_holds_on_every_endpoint(client: TestClient, path: str, body):
+    assert client.post(path, json=body(4)).status_code == 200
+    response = client.post(path, json=body(5))
+    assert response.status_code == 422
+    assert response.json() == error("invalid_request", "5 items in one request, over the limit of 4")
 
 
 def test_unknown_path_and_method_use_the_error_shape(client: TestClient):
