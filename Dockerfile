@@ -17,6 +17,7 @@ WORKDIR /srv
 RUN pip install --no-cache-dir "torch==${TORCH_VERSION}" --index-url "${TORCH_INDEX_URL}"
 
 COPY pyproject.toml README.md ./
+COPY reward_model ./reward_model
 COPY app ./app
 COPY training ./training
 COPY bench ./bench

@@ -21,13 +21,14 @@ import contextlib
 import logging
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
-from app.errors import InferenceFailed, NonFiniteReward, NotReady, Overloaded
+from app.errors import NotReady, Overloaded
 from app.metrics import Metrics
+from reward_model.errors import InferenceFailed, NonFiniteReward
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +74,7 @@ class DynamicBatcher:
         max_padding_ratio: float = 1.0,
         metrics: Metrics | None = None,
         clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         executor: ThreadPoolExecutor | None = None,
     ) -> None:
         if max_batch_size < 1 or max_batch_tokens < 1 or max_queue_items < 1:
@@ -86,6 +88,7 @@ class DynamicBatcher:
         self.max_padding_ratio = max_padding_ratio
         self.metrics = metrics or Metrics()
         self._clock = clock
+        self._sleep = sleep  # the clock and the timer are injected together, so tests control time
         self._pending: list[_Entry] = []
         self._last_submit = -math.inf
         self._arrival_gap = math.inf  # seconds between the two latest requests
@@ -93,6 +96,8 @@ class DynamicBatcher:
         self._task: asyncio.Task[None] | None = None
         self._inflight: asyncio.Task[None] | None = None
         self._picked: list[_Entry] = []
+        self.draining = asyncio.Event()
+        """Set by `stop` once nothing new is taken, while the batch in the model finishes."""
         # One thread owns the model: forward passes never overlap and never block the event loop.
         # Pass the thread that loaded and warmed the model up: on CPU, every thread that runs torch
         # keeps its own OpenMP team, and a second team makes every later forward pass slower.
@@ -115,6 +120,7 @@ class DynamicBatcher:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
+        self.draining.set()
         if self._inflight is not None:
             await asyncio.gather(self._inflight, return_exceptions=True)
         for entry in [*self._picked, *self._pending]:
@@ -152,11 +158,14 @@ class DynamicBatcher:
                 await self._wait_arrival()
                 continue
             busy = self._inflight is not None and not self._inflight.done()
-            if busy and not self._full():
+            full = is_full([e.length for e in self._pending], self.max_batch_size, self.max_batch_tokens)
+            if busy and not full:
                 await self._wait_arrival(also=self._inflight)
                 continue
-            if not busy and not self._full() and self._arrival_gap < self.max_wait_s:
-                remaining = self._pending[0].enqueued + self.max_wait_s - self._clock()
+            if not busy and not full:
+                remaining = idle_wait(
+                    self._clock(), self._pending[0].enqueued, self._arrival_gap, self.max_wait_s
+                )
                 if remaining > 0:
                     await self._wait_arrival(wait_s=remaining)
                     continue
@@ -172,57 +181,34 @@ class DynamicBatcher:
         self, wait_s: float | None = None, also: asyncio.Task[None] | None = None
     ) -> None:
         self._arrived.clear()
-        waiter = asyncio.ensure_future(self._arrived.wait())
-        waitables: set[asyncio.Future[object]] = {waiter}  # type: ignore[arg-type]
+        own: list[asyncio.Future[Any]] = [asyncio.ensure_future(self._arrived.wait())]
+        if wait_s is not None:
+            own.append(asyncio.ensure_future(self._sleep(wait_s)))
+        waitables: set[asyncio.Future[Any]] = set(own)
         if also is not None:
-            waitables.add(also)  # type: ignore[arg-type]
+            waitables.add(also)
         try:
-            await asyncio.wait(waitables, timeout=wait_s, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait(waitables, return_when=asyncio.FIRST_COMPLETED)
         finally:
-            waiter.cancel()
-
-    def _full(self) -> bool:
-        if len(self._pending) >= self.max_batch_size:
-            return True
-        longest = max(e.length for e in self._pending)
-        return longest * len(self._pending) >= self.max_batch_tokens
+            for future in own:
+                future.cancel()
 
     def _purge_cancelled(self) -> None:
         self._pending = [e for e in self._pending if not e.future.done()]
         self._update_depth()
 
     def _take_batch(self) -> list[_Entry]:
-        """Oldest item plus its nearest neighbours in length, within the item and token caps."""
         self._purge_cancelled()
-        if not self._pending:
-            return []
-        anchor = self._pending[0]
-        order = sorted(self._pending, key=lambda e: e.length)
-        lo = hi = next(i for i, e in enumerate(order) if e is anchor)
-        real = anchor.length
-        while hi - lo + 1 < self.max_batch_size:
-            count, longest = hi - lo + 1, order[hi].length
-            # Padding each neighbour would add: a shorter one pads itself, a longer one pads everyone.
-            left_cost = longest - order[lo - 1].length if lo > 0 else math.inf
-            right_cost = count * (order[hi + 1].length - longest) if hi + 1 < len(order) else math.inf
-            if left_cost == right_cost == math.inf:
-                break
-            take_left = left_cost <= right_cost
-            added = order[lo - 1] if take_left else order[hi + 1]
-            padded = (count + 1) * max(longest, added.length)
-            if (
-                padded > self.max_batch_tokens
-                or 1.0 - (real + added.length) / padded > self.max_padding_ratio
-            ):
-                break
-            real += added.length
-            if take_left:
-                lo -= 1
-            else:
-                hi += 1
-        chosen = {id(e) for e in order[lo : hi + 1]}
-        batch = [e for e in self._pending if id(e) in chosen]
-        self._pending = [e for e in self._pending if id(e) not in chosen]
+        chosen = set(
+            choose_batch(
+                [e.length for e in self._pending],
+                self.max_batch_size,
+                self.max_batch_tokens,
+                self.max_padding_ratio,
+            )
+        )
+        batch = [e for i, e in enumerate(self._pending) if i in chosen]
+        self._pending = [e for i, e in enumerate(self._pending) if i not in chosen]
         self._update_depth()
         return batch
 
@@ -276,3 +262,54 @@ class DynamicBatcher:
 
     def _update_depth(self) -> None:
         self.metrics.queue_depth.labels(self.name).set(len(self._pending))
+
+
+# -- the decisions, as pure functions ---------------------------------------------------------------
+
+
+def is_full(lengths: Sequence[int], max_batch_size: int, max_batch_tokens: int) -> bool:
+    """True when the waiting items already fill a batch by count or by padded tokens."""
+    if len(lengths) >= max_batch_size:
+        return True
+    return max(lengths) * len(lengths) >= max_batch_tokens
+
+
+def idle_wait(now: float, oldest_enqueued: float, arrival_gap: float, max_wait_s: float) -> float:
+    """Seconds to wait for a batch to fill while the model is idle; 0 or less means run now.
+
+    Only dense traffic waits (the latest requests arrived closer together than `max_wait_s`), and
+    never past the oldest item's deadline, so a lone client is never held back.
+    """
+    if arrival_gap >= max_wait_s:
+        return 0.0
+    return oldest_enqueued + max_wait_s - now
+
+
+def choose_batch(
+    lengths: Sequence[int], max_batch_size: int, max_batch_tokens: int, max_padding_ratio: float
+) -> list[int]:
+    """Queue positions (oldest first) of the next batch: the oldest item and its nearest neighbours
+    in length, within the item cap, the token budget (items x longest) and the padding bound."""
+    if not lengths:
+        return []
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    lo = hi = order.index(0)
+    real = lengths[0]
+    while hi - lo + 1 < max_batch_size:
+        count, longest = hi - lo + 1, lengths[order[hi]]
+        # Padding each neighbour would add: a shorter one pads itself, a longer one pads everyone.
+        left_cost = longest - lengths[order[lo - 1]] if lo > 0 else math.inf
+        right_cost = count * (lengths[order[hi + 1]] - longest) if hi + 1 < len(order) else math.inf
+        if left_cost == right_cost == math.inf:
+            break
+        take_left = left_cost <= right_cost
+        added = lengths[order[lo - 1] if take_left else order[hi + 1]]
+        padded = (count + 1) * max(longest, added)
+        if padded > max_batch_tokens or 1.0 - (real + added) / padded > max_padding_ratio:
+            break
+        real += added
+        if take_left:
+            lo -= 1
+        else:
+            hi += 1
+    return sorted(order[lo : hi + 1])

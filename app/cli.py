@@ -4,20 +4,13 @@ from __future__ import annotations
 
 import logging
 import sys
-from pathlib import Path
 
-from app.checkpoint import is_ensemble, load_manifest, validate_checkpoint
-from app.errors import CheckpointError
 from app.settings import Settings
+from reward_model.checkpoint import read_layout
+from reward_model.console import configure_logging
+from reward_model.errors import CheckpointError
 
-
-def check_model(path: Path) -> None:
-    """Check the checkpoint contract without loading weights, so a broken model fails in one line."""
-    if is_ensemble(path):
-        for member in load_manifest(path).members:
-            validate_checkpoint(path / member.path)
-    else:
-        validate_checkpoint(path)
+log = logging.getLogger("app.cli")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -25,16 +18,15 @@ def main(argv: list[str] | None = None) -> None:
     from pydantic_settings import CliApp
 
     settings = CliApp.run(Settings, cli_args=sys.argv[1:] if argv is None else argv, cli_settings_source=None)
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    configure_logging(settings.log_level)
     try:
         if settings.model is None:
-            from app.demo import ensure_demo_model
+            # The only place the service reaches the trainer: to train the demo on first start.
+            from training.demo import ensure_demo_model
 
             settings = settings.model_copy(update={"model": str(ensure_demo_model())})
         assert settings.model is not None
-        check_model(Path(settings.model))
+        read_layout(settings.model)  # the contract, checked without loading weights: fail in one line
     except CheckpointError as exc:
         print(f"reward-serve: error: {exc.message}", file=sys.stderr)
         raise SystemExit(2) from None
@@ -48,14 +40,21 @@ def serve(settings: Settings) -> None:
     from app.server import create_app
 
     failure: list[str] = []
+    debug = settings.log_level == "debug"
     config = uvicorn.Config(
         "app.server:create_app",  # replaced below; uvicorn only needs a valid config object
         host=settings.host,
         port=settings.port,
-        log_level=settings.log_level,
-        access_log=False,
+        log_level="info" if debug else "warning",  # at info, our own lines say what happens
+        access_log=debug,
         timeout_graceful_shutdown=10,
     )
+    try:
+        sock = config.bind_socket()  # bound first, so that port 0 is known before the model loads
+    except SystemExit:
+        print(f"reward-serve: error: cannot bind {settings.host}:{settings.port}", file=sys.stderr)
+        raise SystemExit(2) from None
+    settings = settings.model_copy(update={"port": sock.getsockname()[1]})
     server = uvicorn.Server(config)
 
     def on_fatal(message: str) -> None:
@@ -63,7 +62,7 @@ def serve(settings: Settings) -> None:
         server.should_exit = True
 
     config.app = create_app(settings, on_fatal=on_fatal)
-    server.run()
+    server.run(sockets=[sock])
     if failure:
         print(f"reward-serve: error: {failure[0]}", file=sys.stderr)
         raise SystemExit(2)

@@ -1,28 +1,11 @@
-"""Domain errors, raised deep in the stack and mapped to HTTP exactly once, in `app.api.errors`."""
+"""Errors only the service raises; the scoring ones live in `reward_model.errors`.
+
+Both are mapped to HTTP exactly once, in `app.api.errors`.
+"""
 
 from __future__ import annotations
 
-
-class RewardError(Exception):
-    """Base class: every error the service reports to a client derives from this."""
-
-    type = "internal_error"
-
-    def __init__(self, message: str) -> None:
-        super().__init__(message)
-        self.message = message
-
-
-class InvalidInput(RewardError):
-    """The request is well-formed JSON but asks for something the service cannot score."""
-
-    type = "invalid_request"
-
-
-class InputTooLong(InvalidInput):
-    """An item exceeds the token limit while truncation is switched off."""
-
-    type = "input_too_long"
+from reward_model.errors import RewardError
 
 
 class PayloadTooLarge(RewardError):
@@ -38,24 +21,6 @@ class Overloaded(RewardError):
 
 
 class NotReady(RewardError):
-    """The model is still loading or warming up."""
+    """The model is still loading or warming up, or the server is shutting down."""
 
     type = "not_ready"
-
-
-class InferenceFailed(RewardError):
-    """The model failed on an item even when it was run on its own."""
-
-    type = "inference_failed"
-
-
-class NonFiniteReward(InferenceFailed):
-    """The model produced NaN or infinity for an item."""
-
-    type = "non_finite_reward"
-
-
-class CheckpointError(RewardError):
-    """A checkpoint or ensemble directory breaks the contract; raised at startup."""
-
-    type = "checkpoint_error"

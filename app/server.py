@@ -19,10 +19,10 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.api import openrlhf, scoring, system
 from app.api.errors import BodySizeLimit, install_error_handlers
-from app.errors import RewardError
 from app.metrics import Metrics
 from app.service import RewardService
 from app.settings import Settings
+from reward_model.errors import RewardError
 
 log = logging.getLogger(__name__)
 
@@ -63,11 +63,21 @@ async def _load(service: RewardService, settings: Settings, on_fatal: Callable[[
 
             torch.set_num_threads(settings.torch_threads)
         assert settings.model is not None, "create_app needs settings.model set"
+        log.info("loading %s", settings.model)
         await asyncio.to_thread(service.load, Path(settings.model))
+        first = service.members[0].model
+        log.info(
+            "loaded %d model(s) (%s) on %s as %s",
+            len(service.members),
+            first.architecture,
+            first.device,
+            str(first.dtype).removeprefix("torch."),
+        )
         if settings.warmup:
             await asyncio.to_thread(service.warmup)
         service.start()
-        log.info("ready: %s with %d member(s)", service.model_id, len(service.members))
+        host = f"[{settings.host}]" if ":" in settings.host else settings.host
+        log.info("ready: serving %s on http://%s:%d", service.model_id, host, settings.port)
     except asyncio.CancelledError:
         raise
     except Exception as exc:
@@ -78,13 +88,17 @@ async def _load(service: RewardService, settings: Settings, on_fatal: Callable[[
             on_fatal(message)
 
 
-def create_app(settings: Settings, on_fatal: Callable[[str], None] | None = None) -> FastAPI:
+def create_app(
+    settings: Settings,
+    on_fatal: Callable[[str], None] | None = None,
+    service_type: type[RewardService] = RewardService,
+) -> FastAPI:
     """Build the app for these settings; the model loads when the lifespan starts.
 
     `on_fatal` is called with a one-line message if loading fails (the CLI uses it to exit).
     """
     metrics = Metrics()
-    service = RewardService(settings, metrics)
+    service = service_type(settings, metrics)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -105,7 +119,6 @@ def create_app(settings: Settings, on_fatal: Callable[[str], None] | None = None
     )
     app.state.service = service
     app.state.metrics = metrics
-    app.state.settings = settings
     install_error_handlers(app)
     app.include_router(scoring.router)
     app.include_router(openrlhf.router)

@@ -10,7 +10,7 @@ from typing import Literal
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from app.checkpoint import Aggregation
+from reward_model.checkpoint import Aggregation
 
 
 class Settings(BaseSettings):
@@ -81,7 +81,10 @@ class Settings(BaseSettings):
         default=None, ge=1, description="CPU threads for torch (default: torch's)."
     )
     warmup: bool = Field(default=True, description="Run warm-up forward passes before /ready turns 200.")
-    log_level: Literal["debug", "info", "warning", "error"] = Field(default="info", description="Log level.")
+    log_level: Literal["debug", "info", "warning", "error"] = Field(
+        default="info",
+        description="info: a few plain lines on what the server does; debug: every library's own output too.",
+    )
 
     @field_validator("device")
     @classmethod

@@ -12,7 +12,6 @@ import os
 import platform
 import re
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -22,6 +21,8 @@ from typing import Any
 
 import httpx
 import numpy as np
+
+from bench.offline import offline_limit
 
 REPO = Path(__file__).resolve().parent.parent
 BUNDLED = REPO / "data" / "hh-rlhf-harmless-base-sample.jsonl.gz"
@@ -105,55 +106,6 @@ def requests_of(items: list[dict[str, Any]], size: int) -> list[dict[str, Any]]:
     return [{"items": items[i : i + size]} for i in range(0, len(items) - size + 1, size)]
 
 
-def offline_limit(model: str, items: list[dict[str, Any]], seconds: float) -> dict[str, Any]:
-    """Direct batched forward passes, sorted by length, at the best batch size: the hardware ceiling."""
-    import torch
-
-    from app.checkpoint import load_metadata
-    from app.formatting import InputFormatter, RewardInput
-    from app.runner import RewardModelRunner
-
-    metadata = load_metadata(model)
-    runner = RewardModelRunner(model, device="auto", dtype="auto", metadata=metadata)
-    fmt = InputFormatter(
-        runner.tokenizer, input_format=metadata.input_format.type, max_length=metadata.max_length
-    )
-    ids = [
-        e.input_ids
-        for e in fmt.encode([RewardInput.from_prompt_response(i["prompt"], i["response"]) for i in items])
-    ]
-    ids.sort(key=len)
-    results = {}
-    for batch_size in (8, 16, 32, 64):
-        runner.forward(ids[:batch_size])  # warm-up
-        done = tokens = 0
-        started = time.perf_counter()
-        while time.perf_counter() - started < seconds:
-            for i in range(0, len(ids), batch_size):
-                batch = ids[i : i + batch_size]
-                runner.forward(batch)
-                done += len(batch)
-                tokens += sum(len(x) for x in batch)
-            if runner.device.type == "cuda":
-                torch.cuda.synchronize()
-        elapsed = time.perf_counter() - started
-        results[batch_size] = {"items_per_s": done / elapsed, "tokens_per_s": tokens / elapsed}
-    best = max(results, key=lambda b: results[b]["items_per_s"])
-    single = []
-    for x in ids[:: max(1, len(ids) // 50)][:50]:
-        started = time.perf_counter()
-        runner.forward([x])
-        single.append(time.perf_counter() - started)
-    return {
-        "by_batch_size": results,
-        "best_batch_size": best,
-        **results[best],
-        "single_item_p50_ms": statistics.median(single) * 1000,
-        "device": str(runner.device),
-        "dtype": str(runner.dtype),
-    }
-
-
 def padding_efficiency(metrics_text: str) -> tuple[float, float]:
     """(real tokens, padded tokens) summed over members from the service's own counters."""
     real = sum(
@@ -184,10 +136,10 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     if args.model is None:
-        from app.demo import ensure_demo_model
+        from training.demo import ensure_demo_model
 
         args.model = str(ensure_demo_model())
-    from app.checkpoint import is_ensemble, load_manifest
+    from reward_model.checkpoint import is_ensemble, load_manifest
 
     if is_ensemble(args.model):
         # The offline limit and the naive server are single-model ideas: measure one member, and the
@@ -291,7 +243,7 @@ def ensemble_cost(
     model: str, k: int, items: list[dict[str, Any]], seconds: float, work: Path
 ) -> dict[str, Any]:
     """Throughput of a K-copy ensemble of the model against the single model, both served, same load."""
-    from app.checkpoint import EnsembleManifest, EnsembleMember, save_manifest
+    from reward_model.checkpoint import EnsembleManifest, EnsembleMember, save_manifest
 
     root = work / "ensemble"
     root.mkdir()

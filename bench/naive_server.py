@@ -1,7 +1,8 @@
 """BASELINE, NOT THE PRODUCT: the hand-written reward server of tutorials and OpenRLHF's `serve_rm`.
 
-One forward pass per request, under a lock, padded to the longest item of that request. It uses
-the project's formatter so both servers score the same token ids; only the serving strategy differs.
+One forward pass per request, under a lock, padded to the longest item of that request. It opens
+the model with the project's one loader, so both servers score the same token ids with the same
+model; only the serving strategy (how requests become batches) differs.
 Run: python -m bench.naive_server MODEL_DIR PORT
 """
 
@@ -15,18 +16,13 @@ import torch
 import uvicorn
 from fastapi import FastAPI
 
-from app.checkpoint import load_metadata
-from app.formatting import InputFormatter, RewardInput
-from app.runner import RewardModelRunner
+from reward_model.formatting import RewardInput
+from reward_model.loading import open_reward_model
 
 
 def build_app(model_dir: str) -> FastAPI:
     """The naive server: lock, pad to the request's longest item, forward, return."""
-    metadata = load_metadata(model_dir)
-    runner = RewardModelRunner(model_dir, device="auto", dtype="auto", metadata=metadata)
-    formatter = InputFormatter(
-        runner.tokenizer, input_format=metadata.input_format.type, max_length=metadata.max_length
-    )
+    [model] = open_reward_model(model_dir).members
     lock = asyncio.Lock()
     app = FastAPI()
 
@@ -36,9 +32,9 @@ def build_app(model_dir: str) -> FastAPI:
         # time. (A sync handler would spread torch over threadpool threads, which is slower on CPU.)
         async with lock:
             items = [RewardInput.from_prompt_response(i["prompt"], i["response"]) for i in body["items"]]
-            ids = [e.input_ids for e in formatter.encode(items)]
+            ids = [e.input_ids for e in model.encode(items)]
             with torch.inference_mode():
-                return {"rewards": runner.forward(ids)}
+                return {"rewards": model.forward(ids)}
 
     @app.get("/ready")
     def ready() -> dict[str, str]:

@@ -1,4 +1,5 @@
-"""DynamicBatcher contract, with a fake runner gated by events (no sleeps, no model)."""
+"""DynamicBatcher contract: its decisions as pure functions, and its loop with a fake runner gated by
+events and an injected clock and timer (no sleeps, no real-time windows, no model)."""
 
 from __future__ import annotations
 
@@ -9,8 +10,9 @@ from collections.abc import Sequence
 
 import pytest
 
-from app.batcher import DynamicBatcher
-from app.errors import InferenceFailed, NonFiniteReward, NotReady, Overloaded
+from app.batcher import DynamicBatcher, choose_batch, idle_wait, is_full
+from app.errors import NotReady, Overloaded
+from reward_model.errors import InferenceFailed, NonFiniteReward
 
 FAIL_TOKEN, NAN_TOKEN = 99, 77
 
@@ -36,6 +38,24 @@ class FakeRunner:
     async def wait_entered(self) -> None:
         assert await asyncio.to_thread(self.entered.wait, 10), "runner never started"
         self.entered.clear()
+
+
+class FakeTime:
+    """An injected clock and timer: time moves only when the test says, and a wait ends when released."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.waits: list[float] = []
+        self.waiting = asyncio.Event()
+        self.release = asyncio.Event()
+
+    def clock(self) -> float:
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        self.waits.append(seconds)
+        self.waiting.set()
+        await self.release.wait()
 
 
 async def run_with(batcher: DynamicBatcher, coro):
@@ -77,34 +97,83 @@ async def test_a_lone_request_on_an_idle_model_is_not_held_back():
 
 
 async def test_requests_arriving_together_wait_for_each_other_while_the_model_is_idle():
-    runner = FakeRunner()
-    batcher = DynamicBatcher(runner, max_batch_size=100, max_wait_s=0.05)
+    runner, time = FakeRunner(), FakeTime()
+    batcher = DynamicBatcher(runner, max_batch_size=3, max_wait_s=60.0, clock=time.clock, sleep=time.sleep)
 
     async def body():
         first = batcher.submit([[1]])
-        second = batcher.submit([[2]])  # arrives right after the first: traffic is dense
-        loop = asyncio.get_running_loop()
-        third: list[asyncio.Future] = []
-        # Runs after the batcher has seen [1] and [2] and started waiting for more.
-        loop.call_soon(lambda: third.extend(batcher.submit([[3]])))
-        await asyncio.gather(*first, *second)
-        await asyncio.gather(*third)
+        second = batcher.submit([[2]])  # at the same instant as the first: traffic is dense
+        await time.waiting.wait()  # the idle model waits for more, up to the oldest item's deadline
+        assert time.waits == [60.0] and runner.batches == []
+        third = batcher.submit([[3]])  # fills the batch: it runs without waiting out the deadline
+        await asyncio.gather(*first, *second, *third)
 
     await run_with(batcher, body())
     assert runner.batches == [[[1], [2], [3]]]
 
 
 async def test_a_waiting_partial_batch_is_flushed_at_the_deadline():
-    runner = FakeRunner()
-    batcher = DynamicBatcher(runner, max_batch_size=100, max_wait_s=0.005)
+    runner, time = FakeRunner(), FakeTime()
+    batcher = DynamicBatcher(runner, max_batch_size=100, max_wait_s=0.005, clock=time.clock, sleep=time.sleep)
 
     async def body():
         futures = [*batcher.submit([[5]]), *batcher.submit([[6]])]  # dense: the batcher waits...
-        await asyncio.gather(*futures)  # ...but only until the oldest item's deadline
+        await time.waiting.wait()
+        assert time.waits == [0.005] and runner.batches == []
+        time.now = 0.005  # ...until the oldest item's deadline, and not a moment longer
+        time.release.set()
+        await asyncio.gather(*futures)
         return results(futures)
 
     assert await run_with(batcher, body()) == [5.0, 6.0]
     assert runner.batches == [[[5], [6]]]
+
+
+def test_idle_wait_only_holds_dense_traffic_and_never_past_the_deadline():
+    assert idle_wait(now=10.0, oldest_enqueued=10.0, arrival_gap=float("inf"), max_wait_s=0.002) == 0.0
+    assert idle_wait(now=10.0, oldest_enqueued=10.0, arrival_gap=0.002, max_wait_s=0.002) == 0.0
+    assert idle_wait(now=10.001, oldest_enqueued=10.0, arrival_gap=0.0005, max_wait_s=0.002) == pytest.approx(
+        0.001
+    )
+    assert idle_wait(now=10.003, oldest_enqueued=10.0, arrival_gap=0.0005, max_wait_s=0.002) < 0
+
+
+def test_a_batch_is_full_by_count_or_by_padded_tokens():
+    assert is_full([1, 1, 1], max_batch_size=3, max_batch_tokens=100)
+    assert not is_full([1, 1], max_batch_size=3, max_batch_tokens=100)
+    assert is_full([10, 50], max_batch_size=64, max_batch_tokens=100)  # 2 x 50 padded tokens
+    assert not is_full([10, 49], max_batch_size=64, max_batch_tokens=100)
+
+
+def test_choose_batch_takes_the_oldest_and_its_nearest_neighbours_in_length():
+    # Queue positions, oldest first; lengths 50 (oldest), 1, 51, 2, 52, 3.
+    lengths = [50, 1, 51, 2, 52, 3]
+    assert choose_batch(lengths, max_batch_size=3, max_batch_tokens=10**6, max_padding_ratio=1.0) == [0, 2, 4]
+    # The item cap: the oldest plus the nearest one.
+    assert choose_batch(lengths, max_batch_size=2, max_batch_tokens=10**6, max_padding_ratio=1.0) == [0, 2]
+    # The token budget: 3 x 52 > 150, so only two of the long ones fit.
+    assert choose_batch(lengths, max_batch_size=64, max_batch_tokens=150, max_padding_ratio=1.0) == [0, 2]
+    # The padding bound: adding the short items to the long ones would be mostly padding.
+    assert choose_batch(lengths, max_batch_size=64, max_batch_tokens=10**6, max_padding_ratio=0.1) == [
+        0,
+        2,
+        4,
+    ]
+    assert choose_batch([], max_batch_size=4, max_batch_tokens=100, max_padding_ratio=1.0) == []
+
+
+def test_choose_batch_prefers_the_neighbour_that_adds_less_padding():
+    # Anchor 10: a 9 pads only itself by 1; an 12 would pad the anchor by 2. Then 12 costs 2 x 2 = 4
+    # against the 5's 5, so 12 comes before 5.
+    lengths = [10, 12, 9, 5]
+    assert choose_batch(lengths, max_batch_size=2, max_batch_tokens=10**6, max_padding_ratio=1.0) == [0, 2]
+    assert choose_batch(lengths, max_batch_size=3, max_batch_tokens=10**6, max_padding_ratio=1.0) == [0, 1, 2]
+    assert choose_batch(lengths, max_batch_size=4, max_batch_tokens=10**6, max_padding_ratio=1.0) == [
+        0,
+        1,
+        2,
+        3,
+    ]
 
 
 async def test_items_that_arrive_while_the_model_is_busy_form_the_next_batch():
@@ -241,8 +310,8 @@ async def test_stop_finishes_the_batch_in_the_model_and_fails_the_rest():
     await runner.wait_entered()
     picked, queued = batcher.submit([[2], [3]])  # [2] is picked as the next batch, [3] waits behind it
     stopping = asyncio.ensure_future(batcher.stop())
-    await asyncio.sleep(0)  # let stop() cancel the loop while the model is still busy
-    assert not in_model.done()
+    await asyncio.wait_for(batcher.draining.wait(), 10)  # the loop is stopped; the model is still busy
+    assert not in_model.done() and not stopping.done()
     runner.gate.set()
     await asyncio.wait_for(stopping, 10)
     assert in_model.result().reward == 1.0

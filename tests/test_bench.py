@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from bench.loadgen import check_loopback
-from tests.conftest import REPO
+from tests.helpers import REPO
 
 pytestmark = pytest.mark.slow
 

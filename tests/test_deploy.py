@@ -18,7 +18,11 @@ def test_dockerfile_copies_what_exists_and_runs_the_console_script():
     for source in re.findall(r"^COPY (\S+(?: \S+)*) \S+$", dockerfile, re.MULTILINE):
         for path in source.split():
             assert (REPO / path).exists(), path
-    scripts = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())
+    for package in project["tool"]["setuptools"]["packages"]["find"]["include"]:
+        name = package.removesuffix("*")
+        assert f"COPY {name} ./{name}" in dockerfile, f"the image would lack the {name} package"
+    scripts = project["project"]["scripts"]
     assert 'ENTRYPOINT ["reward-serve"]' in dockerfile and "reward-serve" in scripts
     for name in re.findall(r"^\s+(REWARD_[A-Z_]+)=", dockerfile, re.MULTILINE):
         field = name.removeprefix("REWARD_").lower()

@@ -7,7 +7,6 @@ import math
 import re
 import subprocess
 import sys
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -16,8 +15,8 @@ import pytest
 import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-from app.formatting import InputFormatter, RewardInput
-from tests.conftest import REPO, Server, start_server, stop_server
+from reward_model.formatting import InputFormatter, RewardInput
+from tests.helpers import REPO, Server, direct_rewards, start_server, stop_server
 from tests.tiny_models import save_bert
 
 pytestmark = pytest.mark.slow
@@ -33,12 +32,9 @@ PAIRS = [
 
 def llama_direct(model_dir: Path, pairs: list[tuple[str, str]]) -> list[float]:
     """Reference: the formatter's ids through one unpadded transformers forward pass each."""
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    model = AutoModelForSequenceClassification.from_pretrained(model_dir).eval()
-    fmt = InputFormatter(tokenizer, input_format="auto", max_length=128)
+    fmt = InputFormatter(AutoTokenizer.from_pretrained(model_dir), input_format="auto", max_length=128)
     ids = [e.input_ids for e in fmt.encode([RewardInput.from_prompt_response(p, r) for p, r in pairs])]
-    with torch.no_grad():
-        return [float(model(input_ids=torch.tensor([x])).logits[0, 0]) for x in ids]
+    return direct_rewards(model_dir, ids)
 
 
 def score(client: httpx.Client, pairs: list[tuple[str, str]], **extra: object) -> dict:
@@ -153,11 +149,23 @@ def test_info_describes_the_model(llama_server: Server, llama_dir: Path):
     with llama_server.client() as client:
         info = client.get("/info").json()
     [member] = info["members"]
-    assert info["ready"] and info["num_members"] == 1 and not info["untrained_head"]
+    assert info["ready"] and info["num_members"] == 1 and info["aggregation"] == "mean"
     assert member["architecture"] == "LlamaForSequenceClassification"
     assert (member["device"], member["dtype"], member["input_format"]) == ("cpu", "float32", "chat_template")
     assert member["max_length"] == 128
     assert len(member["weights_sha256"]) == 64
+    # The limits the batcher applies: the 16384-token budget and the CPU's 0.1 padding bound.
+    assert info["limits"] == {
+        "max_input_tokens": 128,
+        "max_batch_size": 64,
+        "max_batch_tokens": 16384,
+        "max_padding_ratio": 0.1,
+        "max_wait_ms": 5.0,
+        "max_queue_items": 4096,
+        "max_items_per_request": 1024,
+        "max_body_bytes": 16 * 1024 * 1024,
+        "truncate": True,
+    }
 
 
 def test_error_statuses_over_http(llama_server: Server):
@@ -225,28 +233,3 @@ def test_a_broken_checkpoint_stops_startup_with_one_line(tmp_path: Path, breakag
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("reward-serve: error: ") and message in lines[0]
-
-
-def test_a_client_that_disconnects_has_its_queued_items_dropped(llama_dir: Path, tmp_path: Path):
-    """One item per forward pass makes a 1000-item request slow; the client leaves after 0.5 s."""
-    server = start_server(llama_dir, tmp_path, "--max-batch-size", "1", "--max-wait-ms", "0")
-    items = [{"prompt": f"question {i}", "response": "an answer"} for i in range(1000)]
-    try:
-        with server.client(timeout=0.5) as impatient, pytest.raises(httpx.ReadTimeout):
-            impatient.post("/score", json={"items": items})
-        with server.client() as client:
-            deadline = time.monotonic() + 30
-            while True:
-                text = client.get("/metrics").text
-                gone = 'reward_requests_total{endpoint="/score",status="499"} 1.0' in text
-                if gone and re.search(r'^reward_queue_depth_items\{member="[^"]+"\} 0.0$', text, re.M):
-                    break
-                assert time.monotonic() < deadline, "the server never dropped the disconnected items"
-                time.sleep(0.05)
-            assert client.post("/score", json={"items": items[:2]}).status_code == 200  # still serving
-    finally:
-        stop_server(server)
-    forwards = float(
-        re.search(r'^reward_batch_size_items_count\{member="[^"]+"\} (\S+)$', text, re.M).group(1)
-    )
-    assert forwards < 1000  # warm-up is not counted; the rest of the 1000 items never reached the model

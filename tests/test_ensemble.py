@@ -7,14 +7,13 @@ import statistics
 from pathlib import Path
 
 import pytest
-import torch
 from safetensors.torch import load_file, save_file
-from transformers import AutoModelForSequenceClassification, AutoTokenizer
+from transformers import AutoTokenizer
 
-from app.checkpoint import EnsembleManifest, EnsembleMember, save_manifest
-from app.errors import NonFiniteReward
-from app.formatting import RewardInput
-from tests.test_service import ITEMS, running
+from reward_model.checkpoint import EnsembleManifest, EnsembleMember, save_manifest
+from reward_model.errors import NonFiniteReward
+from reward_model.formatting import RewardInput
+from tests.helpers import ITEMS, direct_rewards, running
 from tests.tiny_models import save_bert, save_llama
 
 NORMS = [{"mean": 0.5, "std": 2.0}, {"mean": -1.0, "std": 0.5}, {"mean": 0.0, "std": 1.0}]
@@ -37,11 +36,9 @@ def ensemble_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def member_direct(root: Path, name: str, service, items) -> list[float]:
     """A member's normalized rewards from its own unpadded transformers forward passes."""
     member = next(m for m in service.members if m.name == name)
-    model = AutoModelForSequenceClassification.from_pretrained(root / name).eval()
-    ids = [e.input_ids for e in member.formatter.encode(items)]
+    raw = direct_rewards(root / name, [e.input_ids for e in member.formatter.encode(items)])
     norm = member.metadata.normalization
-    with torch.no_grad():
-        return [(float(model(input_ids=torch.tensor([x])).logits[0, 0]) - norm.mean) / norm.std for x in ids]
+    return [(r - norm.mean) / norm.std for r in raw]
 
 
 @pytest.mark.parametrize("method", ["mean", "median", "min", "mean_minus_std", "weighted"])
@@ -86,11 +83,11 @@ async def test_members_with_different_tokenizers_format_their_own_inputs(ensembl
     async with running(ensemble_dir) as service:
         by_name = {m.name: m for m in service.members}
         llama_a, bert, llama_b = by_name["llama-a"], by_name["bert"], by_name["llama-b"]
-        assert llama_a.encoding_key == llama_b.encoding_key != bert.encoding_key
+        assert llama_a.model.encoding_key == llama_b.model.encoding_key != bert.model.encoding_key
         assert (llama_a.formatter.format_name, bert.formatter.format_name) == ("chat_template", "plain")
         item = RewardInput.from_prompt_response("hi", "hello")
-        assert bert.formatter.encode([item])[0].input_ids[0] == bert.runner.tokenizer.cls_token_id
-        assert llama_a.formatter.encode([item])[0].input_ids[0] == llama_a.runner.tokenizer.bos_token_id
+        assert bert.formatter.encode([item])[0].input_ids[0] == bert.model.tokenizer.cls_token_id
+        assert llama_a.formatter.encode([item])[0].input_ids[0] == llama_a.model.tokenizer.bos_token_id
 
 
 async def test_compare_counts_agreeing_members_and_uses_the_ensemble_temperature(ensemble_dir: Path):
@@ -144,7 +141,7 @@ async def test_a_single_model_is_an_ensemble_of_one(llama_dir: Path):
 async def test_a_temperature_fitted_on_the_ensemble_takes_precedence(ensemble_dir: Path, tmp_path: Path):
     import shutil
 
-    from app.checkpoint import Calibration, load_manifest
+    from reward_model.checkpoint import Calibration, load_manifest
 
     root = tmp_path / "calibrated"
     shutil.copytree(ensemble_dir, root)

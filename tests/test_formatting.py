@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from app.errors import InputTooLong, InvalidInput
-from app.formatting import InputFormatter, RewardInput, render_plain
+from reward_model.errors import InputTooLong, InvalidInput
+from reward_model.formatting import InputFormatter, RewardInput, render_plain
 from tests.tiny_models import bert_tokenizer, llama_tokenizer
 
 

@@ -16,7 +16,8 @@ from transformers import AutoModelForSequenceClassification
 from app.metrics import Metrics
 from app.service import RewardService
 from app.settings import Settings
-from tests.conftest import REPO, start_server, stop_server
+from reward_model.checkpoint import read_layout
+from tests.helpers import REPO, start_server, stop_server
 from training.data import LoadStats, encode_groups, load_preferences
 from training.loss import PreferenceCollator
 from training.trainer import RewardModelForTraining
@@ -99,7 +100,7 @@ def test_training_and_serving_tokenize_an_item_identically(trained: Path, hh_sma
     groups, _ = load_preferences([hh_small[0]])
     from transformers import AutoTokenizer
 
-    from app.formatting import InputFormatter
+    from reward_model.formatting import InputFormatter
 
     # The trainer's formatter, built from the backbone's tokenizer and the training options...
     training_formatter = InputFormatter(
@@ -114,22 +115,57 @@ def test_training_and_serving_tokenize_an_item_identically(trained: Path, hh_sma
     assert any(e.truncated for g in groups for e in service.members[0].formatter.encode(g.inputs()))
 
 
+def reward_eval(model: Path, data: Path, out: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+    command = [sys.executable, "-c", "from training.cli import eval_main; eval_main()", "--model", str(model)]
+    command += ["--data", str(data), "--output", str(out), *extra]
+    return subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=REPO)
+
+
+def assert_eval_equals_serve(model: Path, data: Path, tmp_path: Path) -> None:
+    """reward-eval's per-pair probabilities and accuracy equal what reward-serve's /compare returns."""
+    result = reward_eval(model, data, tmp_path / "eval")
+    assert result.returncode == 0, result.stderr[-2000:]
+    rows = [json.loads(line) for line in (tmp_path / "eval" / "pairs.jsonl").read_text().splitlines()]
+    accuracy = json.loads((tmp_path / "eval" / "metrics.json").read_text())["accuracy"]
+    groups, _ = load_preferences([data])
+    server = start_server(model, tmp_path)
+    try:
+        with server.client() as client:
+            served = []
+            for row in rows:
+                group = groups[row["group"]]
+                body = {
+                    "prompt": [{"role": r, "content": c} for r, c in group.prompt],
+                    "response_a": group.responses[row["chosen"]],
+                    "response_b": group.responses[row["rejected"]],
+                }
+                response = client.post("/compare", json=body)
+                assert response.status_code == 200, response.text
+                served.append(response.json())
+    finally:
+        stop_server(server)
+    # Batches differ (eval sorts by length, /compare sends two items), so raw rewards agree to the
+    # batch-invariance bound, 1e-4; standardized ensemble rewards to that bound over the member std.
+    stds = [spec.metadata.normalization.std for spec in read_layout(model).members]
+    tolerance = 1e-4 / min(stds) if len(stds) > 1 else 1e-4
+    assert len(rows) == len(served) == 16
+    assert [r["reward_chosen"] for r in rows] == pytest.approx([s["reward_a"] for s in served], abs=tolerance)
+    assert [r["reward_rejected"] for r in rows] == pytest.approx(
+        [s["reward_b"] for s in served], abs=tolerance
+    )
+    assert [r["prob_chosen_better"] for r in rows] == pytest.approx(
+        [s["prob_a_better"] for s in served], abs=tolerance
+    )
+    assert accuracy == sum(s["preferred"] == "a" for s in served) / len(served)
+
+
+def test_reward_eval_equals_reward_serve_for_a_single_model(trained: Path, hh_small, tmp_path: Path):
+    assert_eval_equals_serve(trained, hh_small[1], tmp_path)
+
+
 def test_reward_eval_writes_a_report_and_refuses_training_rows(trained: Path, hh_small, tmp_path: Path):
     train, evaluation = hh_small
-    command = [
-        sys.executable,
-        "-c",
-        "from training.cli import eval_main; eval_main()",
-        "--model",
-        str(trained),
-    ]
-    ok = subprocess.run(
-        [*command, "--data", str(evaluation), "--output", str(tmp_path / "r")],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=REPO,
-    )
+    ok = reward_eval(trained, evaluation, tmp_path / "r")
     assert ok.returncode == 0, ok.stderr[-2000:]
     metrics = json.loads((tmp_path / "r" / "metrics.json").read_text())
     assert metrics["pairs"] == 16 and 0.0 <= metrics["accuracy"] <= 1.0
@@ -137,24 +173,18 @@ def test_reward_eval_writes_a_report_and_refuses_training_rows(trained: Path, hh
     assert low <= metrics["accuracy"] <= high
     for key in ("ece", "ece_calibrated", "nll", "mean_margin", "accuracy_by_length", "length_bias"):
         assert key in metrics, key
-    for name in ("report.md", "reward_histogram.png", "reliability.png", "reward_vs_length.png"):
+    for name in (
+        "report.md",
+        "pairs.jsonl",
+        "reward_histogram.png",
+        "reliability.png",
+        "reward_vs_length.png",
+    ):
         assert (tmp_path / "r" / name).stat().st_size > 0, name
-    refused = subprocess.run(
-        [*command, "--data", str(train), "--output", str(tmp_path / "bad")],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=REPO,
-    )
+    refused = reward_eval(trained, train, tmp_path / "bad")
     assert refused.returncode == 2
     assert "48 of 48 evaluation rows were in the training data; refusing" in refused.stderr
-    flagged = subprocess.run(
-        [*command, "--data", str(train), "--output", str(tmp_path / "f"), "--allow-overlap"],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=REPO,
-    )
+    flagged = reward_eval(trained, train, tmp_path / "f", "--allow-overlap")
     assert flagged.returncode == 0
     assert "were in the training data" in (tmp_path / "f" / "report.md").read_text()
 
@@ -201,6 +231,7 @@ def test_an_ensemble_trained_by_reward_train_is_served(bert_dir: Path, hh_small,
             metrics = client.get("/metrics").text
     finally:
         stop_server(server)
+    assert_eval_equals_serve(out, evaluation, tmp_path)
     members = body["member_rewards"]
     assert set(members) == {"member-0", "member-1"}
     values = [members["member-0"][0], members["member-1"][0]]

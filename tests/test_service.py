@@ -3,55 +3,17 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+import math
 from pathlib import Path
 
 import pytest
 import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-from app.errors import InvalidInput
-from app.formatting import RewardInput
-from app.metrics import Metrics
-from app.service import RewardService
-from app.settings import Settings
+from reward_model.errors import InvalidInput
+from reward_model.formatting import RewardInput
+from tests.helpers import ITEMS, direct_rewards, running
 from tests.tiny_models import save_llama
-
-ITEMS = [
-    RewardInput.from_prompt_response(
-        "how do I bake bread?", "mix flour, water, salt and yeast, then knead it."
-    ),
-    RewardInput.from_prompt_response("hi", "no"),
-    RewardInput.from_prompt_response("what is two plus two? " * 6, "two plus two is four."),
-    RewardInput.from_messages(
-        [
-            {"role": "system", "content": "be kind"},
-            {"role": "user", "content": "thanks"},
-            {"role": "assistant", "content": "you are welcome"},
-        ]
-    ),
-]
-
-
-@asynccontextmanager
-async def running(model: Path, **overrides: object) -> AsyncIterator[RewardService]:
-    settings = Settings(model=str(model), warmup=False, max_wait_ms=1.0, **overrides)
-    service = RewardService(settings, Metrics())
-    service.load(model)
-    service.start()
-    try:
-        yield service
-    finally:
-        await service.stop()
-
-
-def direct_rewards(model_dir: Path, service: RewardService, items: list[RewardInput]) -> list[float]:
-    """One unpadded transformers forward pass per item, on the formatter's input ids."""
-    model = AutoModelForSequenceClassification.from_pretrained(model_dir).eval()
-    ids = [e.input_ids for e in service.members[0].formatter.encode(items)]
-    with torch.no_grad():
-        return [float(model(input_ids=torch.tensor([x])).logits[0, 0]) for x in ids]
 
 
 @pytest.mark.parametrize("fixture", ["bert_dir", "llama_dir"])
@@ -59,7 +21,8 @@ async def test_rewards_match_a_direct_forward_pass(fixture: str, request: pytest
     model_dir = request.getfixturevalue(fixture)
     async with running(model_dir) as service:
         outcome = await service.score(ITEMS)
-        expected = direct_rewards(model_dir, service, ITEMS)
+        ids = [e.input_ids for e in service.members[0].formatter.encode(ITEMS)]
+    expected = direct_rewards(model_dir, ids)
     assert outcome.rewards == pytest.approx(expected, abs=1e-4)
     assert len(set(round(r, 4) for r in outcome.rewards)) == len(ITEMS)  # the head really discriminates
 
@@ -122,7 +85,7 @@ async def test_compare_is_calibrated_and_symmetric(tmp_path: Path):
         ab = await service.compare("hi", "hello there", "no")
         ba = await service.compare("hi", "no", "hello there")
     diff = ab.a.reward - ab.b.reward
-    assert ab.prob_a_better == pytest.approx(1.0 / (1.0 + pytest.importorskip("math").exp(-diff / 2.0)))
+    assert ab.prob_a_better == pytest.approx(1.0 / (1.0 + math.exp(-diff / 2.0)))
     assert ab.prob_a_better + ba.prob_a_better == pytest.approx(1.0)
     assert ab.preferred == ("a" if diff > 0 else "b") and ba.preferred != ab.preferred
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from app.formatting import InputFormatter
+from reward_model.formatting import InputFormatter
 from tests.tiny_models import bert_tokenizer
 from training.calibration import expected_calibration_error, fit_temperature
 from training.config import RewardTrainingConfig
@@ -216,7 +216,7 @@ def test_temperature_fit_recovers_a_known_temperature():
 
 
 def _tiny_run(model_dir: Path, tmp_path: Path, **options) -> Path:
-    from training.trainer import train
+    from training.pipeline import train
 
     data = tmp_path / "train.jsonl"
     rows = [

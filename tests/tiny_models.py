@@ -17,7 +17,7 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
-from app.checkpoint import RewardMetadata, save_metadata
+from reward_model.checkpoint import RewardMetadata, save_metadata
 
 CORPUS = [
     "The quick brown fox jumps over the lazy dog.",

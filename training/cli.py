@@ -4,16 +4,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import sys
 from pathlib import Path
 
 
 def _setup() -> None:
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from reward_model.console import configure_logging
+
+    configure_logging(os.environ.get("REWARD_LOG_LEVEL", "info"))
 
 
 def train_main(argv: list[str] | None = None) -> None:
@@ -21,14 +20,15 @@ def train_main(argv: list[str] | None = None) -> None:
     _setup()
     from transformers import HfArgumentParser
 
-    from app.demo import demo_model_dir
     from training.config import RewardTrainingConfig
     from training.data import DataError
+    from training.demo import demo_model_dir
+    from training.pipeline import train
     from training.presets import apply_preset
-    from training.trainer import train
 
-    parser = HfArgumentParser(RewardTrainingConfig)
-    (config,) = parser.parse_args_into_dataclasses(args=argv, look_for_args_file=False)
+    parser = HfArgumentParser(RewardTrainingConfig)  # type: ignore[arg-type]
+    (parsed,) = parser.parse_args_into_dataclasses(args=argv, look_for_args_file=False)
+    config: RewardTrainingConfig = parsed  # type: ignore[assignment]
     output = config.output or (str(demo_model_dir()) if config.preset == "demo" else None)
     config = apply_preset(config, output or "")
     try:
@@ -42,6 +42,8 @@ def train_main(argv: list[str] | None = None) -> None:
 def eval_main(argv: list[str] | None = None) -> None:
     """Entry point of `reward-eval`: evaluate any reward checkpoint on preference data."""
     _setup()
+    from reward_model.errors import RewardError
+    from reward_model.loading import LoadOptions
     from training.data import DataError, load_preferences
     from training.evaluate import evaluate_checkpoint
 
@@ -60,7 +62,13 @@ def eval_main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--temperature", type=float, default=None, help="Override the checkpoint's temperature."
     )
-    parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (as reward-serve)")
+    parser.add_argument(
+        "--dtype", default="auto", help="auto | float32 | bfloat16 | float16 (as reward-serve)"
+    )
+    parser.add_argument(
+        "--max-input-tokens", type=int, default=None, help="Cap on tokens per item (as reward-serve)."
+    )
     args = parser.parse_args(argv)
     try:
         groups, stats = load_preferences(args.data, skip_invalid=args.skip_invalid)
@@ -70,9 +78,9 @@ def eval_main(argv: list[str] | None = None) -> None:
             Path(args.output),
             temperature=args.temperature,
             allow_overlap=args.allow_overlap,
-            device=args.device,
+            options=LoadOptions(device=args.device, dtype=args.dtype, max_input_tokens=args.max_input_tokens),
         )
-    except (DataError, ValueError) as exc:
+    except (DataError, ValueError, RewardError) as exc:
         print(f"reward-eval: error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
     summary = {k: metrics[k] for k in ("pairs", "accuracy", "accuracy_ci95", "ece", "ece_calibrated")}

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from app.formatting import InputFormatter, RewardInput
+from reward_model.formatting import InputFormatter, RewardInput
 
 ASSISTANT_TAG = "\n\nAssistant:"
 _TURN = re.compile(r"\n\n(Human|Assistant): ?")

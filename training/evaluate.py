@@ -1,7 +1,7 @@
 """Evaluate a reward checkpoint on preference pairs: accuracy, calibration, length bias, plots, report.
 
-Scoring goes through the serving code (`RewardModelRunner` and the shared `InputFormatter`), so the
-numbers describe exactly what `reward-serve` would return.
+The checkpoint or ensemble is opened by `reward_model`'s one loader and combined by its one combiner,
+so the numbers (per-pair rewards and probabilities included) are exactly what `reward-serve` returns.
 """
 
 from __future__ import annotations
@@ -16,73 +16,75 @@ from typing import Any
 
 import numpy as np
 
-from app.checkpoint import is_ensemble, load_manifest, load_metadata
-from app.ensemble import aggregate
-from app.formatting import InputFormatter
-from app.runner import RewardModelRunner
-from training.calibration import expected_calibration_error, pair_nll, reliability
+from reward_model.checkpoint import is_ensemble, load_manifest
+from reward_model.ensemble import preference_probability
+from reward_model.formatting import RewardInput
+from reward_model.loading import LoadOptions, RewardModel, open_reward_model
+from training.calibration import expected_calibration_error, pair_nll
 from training.data import PreferenceGroup
+from training.report import write_plots, write_report
 
 log = logging.getLogger(__name__)
 
 TRAIN_ROWS_FILE = "training_rows.txt"
-
-
-def score_sequences(
-    runner: RewardModelRunner, sequences: Sequence[list[int]], max_tokens: int = 8192
-) -> list[float]:
-    """Score token id lists in length-sorted, token-budgeted batches; results in input order."""
-    order = sorted(range(len(sequences)), key=lambda i: len(sequences[i]))
-    rewards = [0.0] * len(sequences)
-    start = 0
-    while start < len(order):
-        end = start + 1
-        while end < len(order) and (end - start + 1) * len(sequences[order[end]]) <= max_tokens:
-            end += 1
-        batch = order[start:end]
-        for i, reward in zip(batch, runner.forward([sequences[i] for i in batch]), strict=True):
-            rewards[i] = reward
-        start = end
-    return rewards
+PAIRS_FILE = "pairs.jsonl"
 
 
 @dataclass
 class PairScores:
-    """Rewards and response lengths of every evaluated pair, chosen first."""
+    """Rewards and response lengths of every evaluated pair, chosen first, as the service reports them."""
 
     chosen: np.ndarray
     rejected: np.ndarray
     chosen_tokens: np.ndarray
     rejected_tokens: np.ndarray
+    pairs: list[tuple[int, int, int]]
+    """(group, chosen response, rejected response) of each row."""
 
     @property
     def margins(self) -> np.ndarray:
         """r_chosen - r_rejected per pair."""
-        return self.chosen - self.rejected
+        margins: np.ndarray = self.chosen - self.rejected
+        return margins
 
 
-def score_pairs(
-    runner: RewardModelRunner, formatter: InputFormatter, groups: Sequence[PreferenceGroup]
-) -> PairScores:
-    """Score every pair of every group; lengths are response tokens without special tokens."""
-    sequences: list[list[int]] = []
+def score_pairs(model: RewardModel, groups: Sequence[PreferenceGroup]) -> tuple[PairScores, float]:
+    """Score every pair of every group as served; returns the scores and the temperature on their scale.
+
+    A single model reports raw rewards and its own temperature; an ensemble reports its members'
+    standardized rewards combined by the manifest's aggregation, as `/compare` does by default.
+    """
+    items: list[RewardInput] = []
     offsets: list[int] = []
     for group in groups:
-        offsets.append(len(sequences))
-        sequences.extend(e.input_ids for e in formatter.encode(group.inputs()))
-    rewards = score_sequences(runner, sequences)
+        offsets.append(len(items))
+        items.extend(group.inputs())
+    member_rewards = model.score(items)
+    combiner = model.combiner
+    normalized = combiner.normalizes(False)
+    rewards = [
+        combiner.combine([m[i] for m in member_rewards], normalized=normalized).reward
+        for i in range(len(items))
+    ]
     lengths: dict[str, int] = {}
     texts = sorted({r for g in groups for r in g.responses})
     if texts:
-        ids = formatter.tokenizer(texts, add_special_tokens=False)["input_ids"]
+        tokenizer = model.members[0].tokenizer
+        ids = tokenizer(texts, add_special_tokens=False, verbose=False)["input_ids"]
         lengths = {t: len(x) for t, x in zip(texts, ids, strict=True)}
+    pairs = [(gi, w, lo) for gi, g in enumerate(groups) for w, lo, _ in g.pairs]
     rows = [
-        (rewards[off + w], rewards[off + lo], lengths[g.responses[w]], lengths[g.responses[lo]])
-        for g, off in zip(groups, offsets, strict=True)
-        for w, lo, _ in g.pairs
+        (
+            rewards[offsets[gi] + w],
+            rewards[offsets[gi] + lo],
+            lengths[groups[gi].responses[w]],
+            lengths[groups[gi].responses[lo]],
+        )
+        for gi, w, lo in pairs
     ]
     columns = np.array(rows, dtype=np.float64).reshape(-1, 4).T
-    return PairScores(columns[0], columns[1], columns[2], columns[3])
+    scores = PairScores(columns[0], columns[1], columns[2], columns[3], pairs)
+    return scores, combiner.temperature(normalized)
 
 
 def bootstrap_interval(correct: np.ndarray, *, samples: int = 2000, seed: int = 0) -> tuple[float, float]:
@@ -162,135 +164,11 @@ def compute_metrics(scores: PairScores, temperature: float, *, seed: int = 0) ->
     }
 
 
-def write_plots(scores: PairScores, temperature: float, out: Path) -> list[str]:
-    """Reward histograms, reliability diagram and reward-vs-length scatter as PNGs; returns file names."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    names = []
-    fig, ax = plt.subplots(figsize=(6, 4))
-    bins = np.linspace(
-        min(scores.chosen.min(), scores.rejected.min()), max(scores.chosen.max(), scores.rejected.max()), 40
-    )
-    ax.hist(scores.chosen, bins=bins, alpha=0.6, label="chosen")
-    ax.hist(scores.rejected, bins=bins, alpha=0.6, label="rejected")
-    ax.set(xlabel="reward", ylabel="responses", title="Rewards of chosen and rejected responses")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(out / "reward_histogram.png", dpi=100)
-    plt.close(fig)
-    names.append("reward_histogram.png")
-
-    fig, ax = plt.subplots(figsize=(5, 5))
-    ax.plot([0.5, 1.0], [0.5, 1.0], "k--", label="perfect calibration")
-    for t, label in ((1.0, "T = 1"), (temperature, f"calibrated T = {temperature:.2f}")):
-        table = reliability(scores.margins, t)
-        points = [
-            (c, a)
-            for c, a, n in zip(table["confidence"], table["accuracy"], table["count"], strict=True)
-            if n
-        ]
-        if points:
-            ax.plot(*zip(*points, strict=True), "o-", label=label)
-    ax.set(
-        xlabel="confidence", ylabel="accuracy", title="Reliability diagram", xlim=(0.5, 1.0), ylim=(0.0, 1.0)
-    )
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(out / "reliability.png", dpi=100)
-    plt.close(fig)
-    names.append("reliability.png")
-
-    fig, ax = plt.subplots(figsize=(6, 4))
-    ax.scatter(scores.chosen_tokens, scores.chosen, s=6, alpha=0.5, label="chosen")
-    ax.scatter(scores.rejected_tokens, scores.rejected, s=6, alpha=0.5, label="rejected")
-    ax.set(xlabel="response tokens", ylabel="reward", title="Reward against response length", xscale="log")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(out / "reward_vs_length.png", dpi=100)
-    plt.close(fig)
-    names.append("reward_vs_length.png")
-    return names
-
-
-def write_report(metrics: dict[str, Any], plots: list[str], out: Path, *, title: str) -> None:
-    """A short Markdown report that shows the numbers and the plots."""
-    bias = metrics["length_bias"]
-    low, high = metrics["accuracy_ci95"]
-    warnings = [line for w in metrics.get("warnings", []) for line in (f"> **Warning:** {w}", "")]
-    lines = [
-        f"# {title}",
-        "",
-        *warnings,
-        "| metric | value |",
-        "|---|---|",
-        f"| pairs | {metrics['pairs']} |",
-        f"| pairwise accuracy | {metrics['accuracy']:.3f} (95% CI {low:.3f}–{high:.3f}) |",
-        f"| mean margin | {metrics['mean_margin']:.3f} |",
-        f"| NLL (T = 1 / calibrated) | {metrics['nll']:.4f} / {metrics['nll_calibrated']:.4f} |",
-        f"| ECE, 10 bins (T = 1 / calibrated) | {metrics['ece']:.4f} / {metrics['ece_calibrated']:.4f} |",
-        f"| temperature | {metrics['temperature']:.3f} |",
-        f"| chosen response is the longer one | {bias['chosen_is_longer']:.3f} |",
-        f"| model prefers the longer one | {bias['model_prefers_longer']:.3f} |",
-        f"| Spearman(reward, length) | {bias['spearman_reward_vs_length']:.3f} |",
-        f"| length-only baseline accuracy | {bias['length_only_baseline_accuracy']:.3f} |",
-        "",
-        "## Accuracy by response length",
-        "",
-        "| mean response tokens | pairs | accuracy |",
-        "|---|---|---|",
-        *(
-            f"| {b['tokens_from']:.0f}–{b['tokens_to']:.0f} | {b['pairs']} | {b['accuracy']:.3f} |"
-            for b in metrics["accuracy_by_length"]
-        ),
-        "",
-        *(f"![{p}]({p})" for p in plots),
-        "",
-    ]
-    (out / "report.md").write_text("\n".join(lines), encoding="utf-8")
-
-
 def score_checkpoint(
-    checkpoint: Path, groups: Sequence[PreferenceGroup], device: str = "auto"
+    checkpoint: Path, groups: Sequence[PreferenceGroup], options: LoadOptions | None = None
 ) -> tuple[PairScores, float]:
-    """Pair scores and calibration temperature of a checkpoint or an ensemble directory.
-
-    An ensemble is scored as `reward-serve` scores it: each member with its own formatter, each
-    standardized with its own statistics, then combined with the manifest's aggregation; the
-    temperature is the members' mean T / std, as in `/compare`.
-    """
-    if not is_ensemble(checkpoint):
-        metadata = load_metadata(checkpoint)
-        runner = RewardModelRunner(checkpoint, device=device, dtype="float32", metadata=metadata)
-        formatter = InputFormatter(
-            runner.tokenizer, input_format=metadata.input_format.type, max_length=metadata.max_length
-        )
-        return score_pairs(runner, formatter, groups), metadata.calibration.temperature
-    manifest = load_manifest(checkpoint)
-    members, temperatures = [], []
-    for member in manifest.members:
-        scores, temperature = score_checkpoint(checkpoint / member.path, groups, device)
-        stats = load_metadata(checkpoint / member.path).normalization
-        members.append(((scores.chosen - stats.mean) / stats.std, (scores.rejected - stats.mean) / stats.std))
-        temperatures.append(temperature / stats.std)
-    weights = [m.weight for m in manifest.members]
-
-    def combine(columns: list[np.ndarray]) -> np.ndarray:
-        stacked = np.stack(columns, axis=1)
-        method, coef = manifest.aggregation, manifest.uncertainty_coef
-        return np.array([aggregate(list(row), method, weights=weights, coef=coef) for row in stacked])
-
-    if manifest.calibration is not None:
-        temperatures = [manifest.calibration.temperature]
-    combined = PairScores(
-        combine([c for c, _ in members]),
-        combine([r for _, r in members]),
-        scores.chosen_tokens,
-        scores.rejected_tokens,
-    )
-    return combined, float(np.mean(temperatures))
+    """Pair scores and calibration temperature of a checkpoint or an ensemble directory, as served."""
+    return score_pairs(open_reward_model(checkpoint, options), groups)
 
 
 def trained_rows(checkpoint: Path) -> set[str]:
@@ -314,7 +192,7 @@ def evaluate_checkpoint(
     *,
     temperature: float | None = None,
     allow_overlap: bool = False,
-    device: str = "auto",
+    options: LoadOptions | None = None,
     title: str | None = None,
 ) -> dict[str, Any]:
     """Score the pairs with a checkpoint or ensemble; write metrics.json, plots and report.md into `out`."""
@@ -328,7 +206,7 @@ def evaluate_checkpoint(
             raise ValueError(message + "; refusing (pass --allow-overlap to evaluate anyway, flagged)")
         warnings.append(message + ": these numbers are not held-out performance")
         log.warning(message)
-    scores, own_temperature = score_checkpoint(checkpoint, groups, device)
+    scores, own_temperature = score_checkpoint(checkpoint, groups, options)
     temperature = own_temperature if temperature is None else temperature
     return write_evaluation(
         scores, temperature, out, title=title or f"Evaluation of {checkpoint.name}", warnings=warnings
@@ -344,11 +222,29 @@ def write_evaluation(
     warnings: Sequence[str] = (),
     seed: int = 0,
 ) -> dict[str, Any]:
-    """Compute the metrics and write metrics.json, the plots and report.md into `out`."""
+    """Compute the metrics; write metrics.json, pairs.jsonl, the plots and report.md into `out`."""
     out.mkdir(parents=True, exist_ok=True)
     metrics = compute_metrics(scores, temperature, seed=seed)
     metrics["warnings"] = list(warnings)
     plots = write_plots(scores, temperature, out)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    write_pairs(scores, temperature, out / PAIRS_FILE)
     write_report(metrics, plots, out, title=title)
     return metrics
+
+
+def write_pairs(scores: PairScores, temperature: float, path: Path) -> None:
+    """One JSON line per pair: which responses, their rewards, and P(chosen better) as `/compare` gives it."""
+    with path.open("w", encoding="utf-8") as fh:
+        for (group, chosen, rejected), rc, rr in zip(
+            scores.pairs, scores.chosen, scores.rejected, strict=True
+        ):
+            row = {
+                "group": group,
+                "chosen": chosen,
+                "rejected": rejected,
+                "reward_chosen": float(rc),
+                "reward_rejected": float(rr),
+                "prob_chosen_better": preference_probability(float(rc - rr), temperature),
+            }
+            fh.write(json.dumps(row) + "\n")

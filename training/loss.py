@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from app.runner import pad_batch
+from reward_model.tensors import pad_batch
 from training.data import EncodedGroup
 
 

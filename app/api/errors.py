@@ -13,15 +13,8 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.errors import (
-    CheckpointError,
-    InferenceFailed,
-    InvalidInput,
-    NotReady,
-    Overloaded,
-    PayloadTooLarge,
-    RewardError,
-)
+from app.errors import NotReady, Overloaded, PayloadTooLarge
+from reward_model.errors import CheckpointError, InferenceFailed, InvalidInput, RewardError
 
 log = logging.getLogger(__name__)
 

@@ -6,7 +6,7 @@ from fastapi import APIRouter, Request, Response
 
 from app.api.deps import ReadyService, timing_headers, until_disconnected
 from app.api.protocol import GetRewardRequest, GetRewardResponse
-from app.formatting import RewardInput
+from reward_model.formatting import RewardInput
 
 router = APIRouter(tags=["openrlhf"])
 

@@ -6,7 +6,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, StrictStr, Tag
 
-from app.checkpoint import Aggregation
+from reward_model.checkpoint import Aggregation
 
 Text = Annotated[StrictStr, Field(min_length=1)]
 
@@ -192,7 +192,9 @@ class MemberInfo(BaseModel):
     device: str
     dtype: str
     parameters: int
-    max_length: int
+    max_length: int = Field(description="Effective token limit per item for this member.")
+    max_batch_tokens: int = Field(description="Effective token budget of one forward pass.")
+    max_padding_ratio: float = Field(description="Effective padding bound of one forward pass.")
     input_format: str
     normalization: dict[str, float]
     calibration: dict[str, float]
@@ -201,14 +203,29 @@ class MemberInfo(BaseModel):
     provenance: dict[str, Any]
 
 
+class Limits(BaseModel):
+    """The limits in force, as the batchers apply them (the tightest member's, for an ensemble)."""
+
+    max_input_tokens: int | None = Field(
+        description="Tokens per item; longer items are truncated or refused."
+    )
+    max_batch_size: int
+    max_batch_tokens: int | None = Field(description="Token budget of one forward pass (items x longest).")
+    max_padding_ratio: float | None = Field(description="Largest share of padding in one forward pass.")
+    max_wait_ms: float
+    max_queue_items: int = Field(description="Items waiting per model copy; past it: 429.")
+    max_items_per_request: int = Field(description="Items in one request; past it: 422.")
+    max_body_bytes: int = Field(description="Request body size; past it: 413.")
+    truncate: bool
+
+
 class InfoResponse(BaseModel):
     """What is being served and how."""
 
     model: str
     ready: bool
-    untrained_head: bool = Field(description="True when the demo backbone is served with a random head.")
     num_members: int
-    aggregation: str
-    uncertainty_coef: float
+    aggregation: str | None = Field(description="Default aggregation; null until the model is loaded.")
+    uncertainty_coef: float | None
     members: list[MemberInfo]
-    limits: dict[str, Any]
+    limits: Limits

@@ -16,7 +16,7 @@ from app.api.protocol import (
     ScoreRequest,
     ScoreResponse,
 )
-from app.formatting import RewardInput
+from reward_model.formatting import RewardInput
 
 router = APIRouter(tags=["scoring"])
 

@@ -7,7 +7,7 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from app.api.errors import error_body
-from app.api.protocol import InfoResponse, MemberInfo
+from app.api.protocol import InfoResponse, Limits, MemberInfo
 from app.service import RewardService
 
 router = APIRouter(tags=["system"])
@@ -32,46 +32,50 @@ async def get_ready(request: Request) -> JSONResponse:
 
 
 @router.get(
-    "/info", response_model=InfoResponse, summary="What is served, on which device, with which settings"
+    "/info", response_model=InfoResponse, summary="What is served, on which device, with which limits"
 )
 async def get_info(request: Request) -> InfoResponse:
-    """Model, members, dtype, device, max length, normalization, calibration and weight hashes."""
+    """Model, members, dtype, device, normalization, calibration, weight hashes and effective limits."""
     service: RewardService = request.app.state.service
     s = service.settings
+    members = service.members
     return InfoResponse(
         model=service.model_id,
         ready=service.ready,
-        untrained_head=service.untrained_head,
-        num_members=len(service.members),
-        aggregation=service.default_aggregation,
-        uncertainty_coef=service.uncertainty_coef,
+        num_members=len(members),
+        aggregation=service.default_aggregation if service.combiner else None,
+        uncertainty_coef=service.uncertainty_coef if service.combiner else None,
         members=[
             MemberInfo(
                 name=m.name,
-                path=str(m.runner.checkpoint),
-                architecture=m.runner.architecture,
-                device=str(m.runner.device),
-                dtype=str(m.runner.dtype).removeprefix("torch."),
-                parameters=m.runner.num_parameters,
+                path=str(m.model.checkpoint),
+                architecture=m.model.architecture,
+                device=str(m.model.device),
+                dtype=str(m.model.dtype).removeprefix("torch."),
+                parameters=m.model.num_parameters,
                 max_length=m.formatter.max_length,
+                max_batch_tokens=m.batcher.max_batch_tokens,
+                max_padding_ratio=m.batcher.max_padding_ratio,
                 input_format=m.formatter.format_name,
                 normalization=m.metadata.normalization.model_dump(),
                 calibration=m.metadata.calibration.model_dump(),
-                weight=m.weight,
-                weights_sha256=m.runner.weights_sha256,
+                weight=m.model.weight,
+                weights_sha256=m.model.weights_sha256,
                 provenance=m.metadata.provenance,
             )
-            for m in service.members
+            for m in members
         ],
-        limits={
-            "max_batch_size": s.max_batch_size,
-            "max_batch_tokens": s.max_batch_tokens,
-            "max_wait_ms": s.max_wait_ms,
-            "max_queue_items": s.max_queue_items,
-            "max_items_per_request": s.max_items_per_request,
-            "max_body_bytes": s.max_body_bytes,
-            "truncate": s.truncate,
-        },
+        limits=Limits(
+            max_input_tokens=min((m.formatter.max_length for m in members), default=None),
+            max_batch_size=s.max_batch_size,
+            max_batch_tokens=min((m.batcher.max_batch_tokens for m in members), default=None),
+            max_padding_ratio=min((m.batcher.max_padding_ratio for m in members), default=None),
+            max_wait_ms=s.max_wait_ms,
+            max_queue_items=s.max_queue_items,
+            max_items_per_request=s.max_items_per_request,
+            max_body_bytes=s.max_body_bytes,
+            truncate=s.truncate,
+        ),
     )
 
 

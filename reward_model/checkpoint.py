@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from app.errors import CheckpointError
+from reward_model.errors import CheckpointError
 
 REWARD_FILE = "reward.json"
 ENSEMBLE_FILE = "ensemble.json"
@@ -22,7 +23,6 @@ FORMAT_VERSION = 1
 DEFAULT_MAX_LENGTH = 512
 
 Aggregation = Literal["mean", "median", "min", "mean_minus_std", "weighted"]
-AGGREGATIONS: tuple[str, ...] = ("mean", "median", "min", "mean_minus_std", "weighted")
 
 
 class Normalization(BaseModel):
@@ -186,3 +186,43 @@ def weights_sha256(checkpoint: str | Path) -> str:
             for block in iter(lambda: fh.read(1 << 20), b""):
                 digest.update(block)
     return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class MemberSpec:
+    """One checkpoint to open: where it is, its validated metadata, its name and ensemble weight."""
+
+    name: str
+    path: Path
+    metadata: RewardMetadata
+    weight: float = 1.0
+
+
+@dataclass(frozen=True)
+class ModelLayout:
+    """A checkpoint or an ensemble directory, validated without loading weights."""
+
+    root: Path
+    members: tuple[MemberSpec, ...]
+    manifest: EnsembleManifest | None
+    """`None` for a single checkpoint, which is served as an ensemble of one."""
+
+
+def read_layout(directory: str | Path, *, name: str | None = None) -> ModelLayout:
+    """Validate a checkpoint or ensemble directory and name its members (unique names, in order)."""
+    root = Path(directory)
+    if is_ensemble(root):
+        manifest: EnsembleManifest | None = load_manifest(root)
+        entries = manifest.members if manifest else []
+    else:
+        manifest, entries = None, [EnsembleMember(path=".", name=name or root.resolve().name)]
+    members: list[MemberSpec] = []
+    seen: dict[str, int] = {}
+    for entry in entries:
+        path = (root / entry.path).resolve()
+        member_name = entry.name or Path(entry.path).name
+        seen[member_name] = seen.get(member_name, 0) + 1
+        if seen[member_name] > 1:
+            member_name = f"{member_name}-{seen[member_name]}"
+        members.append(MemberSpec(member_name, path, validate_checkpoint(path), entry.weight))
+    return ModelLayout(root, tuple(members), manifest)

@@ -1,6 +1,7 @@
 """The demo model served when `reward-serve` gets no `--model`: 3 MiniLMs fine-tuned on the bundled data.
 
 It is trained on first use (about 10 minutes on 2 CPU cores) and cached; nothing is downloaded.
+`reward-serve` reaches the trainer only through this module, lazily, on that first start.
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ import logging
 import os
 from pathlib import Path
 
-from app.checkpoint import ENSEMBLE_FILE
+from reward_model.checkpoint import ENSEMBLE_FILE
 
 log = logging.getLogger(__name__)
 
@@ -25,10 +26,9 @@ def ensure_demo_model() -> Path:
     target = demo_model_dir()
     if (target / ENSEMBLE_FILE).exists():
         return target
-    log.warning(
-        "no demo model at %s: training it now on the bundled HH-RLHF data (~10 min on 2 cores)", target
-    )
-    from training.presets import train_demo  # the trainer is only needed on this first run
+    log.info("no demo model in %s yet: training it on the bundled HH-RLHF sample (about 10 min)", target)
+    from training.presets import train_demo
 
     train_demo(target)
+    log.info("demo model ready in %s", target)
     return target

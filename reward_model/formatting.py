@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from app.errors import InputTooLong, InvalidInput
+from reward_model.errors import InputTooLong, InvalidInput
 
 PLAIN_ROLE_NAMES = {"user": "Human", "assistant": "Assistant", "system": "System"}
 """The plain format is the HH-RLHF transcript format: `\\n\\nHuman: ...\\n\\nAssistant: ...`."""
@@ -129,6 +129,7 @@ class InputFormatter:
             add_special_tokens=False,
             return_offsets_mapping=True,
             return_attention_mask=False,
+            verbose=False,  # over-long texts are expected: `_fit` truncates them right after
         )
         return [
             self._fit(ids, offsets, start)
@@ -136,6 +137,12 @@ class InputFormatter:
                 batch["input_ids"], batch["offset_mapping"], rendered, strict=True
             )
         ]
+
+    def filler(self, length: int) -> list[int]:
+        """Input ids of `length` tokens (special tokens included) of one repeated word, for warm-up."""
+        word = self.tokenizer("hello", add_special_tokens=False)["input_ids"][:1]
+        content = max(1, min(length, self.max_length) - len(self.prefix) - len(self.suffix))
+        return self.prefix + (word or [0]) * content + self.suffix
 
     def _fit(self, body: list[int], offsets: list[tuple[int, int]], response_start: int) -> EncodedInput:
         prefix = self.prefix

@@ -1,0 +1,177 @@
+"""The one loader: open a checkpoint or an ensemble for scoring, with one rule for the input length.
+
+`reward-serve`, `reward-eval`, the trainer's own evaluation and the benchmark all open models here,
+so the same checkpoint always gets the same token ids and the same rewards.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from reward_model.checkpoint import MemberSpec, ModelLayout, RewardMetadata, read_layout, weights_sha256
+from reward_model.devices import member_devices, resolve_device, resolve_dtype
+from reward_model.ensemble import Combiner
+from reward_model.errors import CheckpointError
+from reward_model.formatting import EncodedInput, InputFormatter, RewardInput
+from reward_model.tensors import max_positions, pad_batch, reward_logits
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class LoadOptions:
+    """How to open a model: where it runs and how long its inputs may be."""
+
+    device: str = "auto"
+    dtype: str = "auto"
+    max_input_tokens: int | None = None
+    """A cap below the checkpoint's own `max_length`; unset: no extra cap."""
+    truncate: bool = True
+    trust_remote_code: bool = False
+
+
+def effective_max_length(
+    metadata: RewardMetadata, max_input_tokens: int | None, positions: int | None
+) -> int:
+    """The one rule: the checkpoint's max_length, capped by the caller's limit and the model's positions."""
+    return min(x for x in (metadata.max_length, max_input_tokens, positions) if x)
+
+
+class ScoringModel:
+    """One checkpoint on one device: its tokenizer, formatter and weights, and a plain forward pass."""
+
+    def __init__(self, spec: MemberSpec, options: LoadOptions, device: str | None = None) -> None:
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+        self.name, self.checkpoint, self.metadata, self.weight = (
+            spec.name,
+            spec.path,
+            spec.metadata,
+            spec.weight,
+        )
+        self.device = resolve_device(device or options.device)
+        self.dtype = resolve_dtype(options.dtype, self.device)
+        remote = options.trust_remote_code
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(self.checkpoint, trust_remote_code=remote)
+            model = AutoModelForSequenceClassification.from_pretrained(
+                self.checkpoint, dtype=self.dtype, trust_remote_code=remote
+            )
+        except (OSError, ValueError) as exc:
+            raise CheckpointError(f"{self.checkpoint}: cannot load ({exc})".replace("\n", " ")) from exc
+        if model.config.num_labels != 1:
+            raise CheckpointError(f"{self.checkpoint}: num_labels is {model.config.num_labels}, must be 1")
+        if not getattr(self.tokenizer, "is_fast", False):
+            raise CheckpointError(f"{self.checkpoint}: a fast (Rust) tokenizer is required for offsets")
+        if self.tokenizer.pad_token_id is None:
+            # Causal LMs ship without a pad token. Any id works: rewards are read at the last real
+            # token and padding sits to the right of it, so pads are never attended to or pooled.
+            self.tokenizer.pad_token = self.tokenizer.eos_token or self.tokenizer.unk_token
+        if self.tokenizer.pad_token_id is None:
+            raise CheckpointError(f"{self.checkpoint}: tokenizer has no pad, eos or unk token to pad with")
+        self.model = model.to(self.device).eval()
+        self.pad_id = int(self.tokenizer.pad_token_id)
+        self.architecture = type(model).__name__
+        max_length = effective_max_length(
+            spec.metadata, options.max_input_tokens, max_positions(model.config)
+        )
+        try:
+            self.formatter = InputFormatter(
+                self.tokenizer,
+                input_format=spec.metadata.input_format.type,
+                max_length=max_length,
+                truncate=options.truncate,
+            )
+        except ValueError as exc:
+            raise CheckpointError(f"{self.checkpoint}: {exc}") from exc
+        self.weights_sha256 = weights_sha256(self.checkpoint)
+        log.debug("loaded %s (%s) on %s as %s", self.checkpoint, self.architecture, self.device, self.dtype)
+
+    @property
+    def num_parameters(self) -> int:
+        """Parameter count, for `/info`."""
+        return sum(p.numel() for p in self.model.parameters())
+
+    @functools.cached_property
+    def encoding_key(self) -> str:
+        """Equal for members whose tokenizer, format and limits produce identical input ids."""
+        backend = getattr(self.tokenizer, "backend_tokenizer", None)
+        vocab = backend.to_str() if backend is not None else repr(self.tokenizer)
+        template = getattr(self.tokenizer, "chat_template", None) or ""
+        fmt = self.formatter
+        digest = hashlib.sha256(f"{vocab}|{template}|{fmt.format_name}".encode()).hexdigest()[:16]
+        return f"{digest}:{fmt.max_length}:{fmt.truncate}"
+
+    def encode(self, items: Sequence[RewardInput]) -> list[EncodedInput]:
+        """Format, tokenize and truncate items for this model."""
+        return self.formatter.encode(items)
+
+    @torch.inference_mode()
+    def forward(self, sequences: Sequence[Sequence[int]]) -> list[float]:
+        """Raw rewards of a batch of token id lists, one float per sequence, in order."""
+        batch = pad_batch(sequences, self.pad_id)
+        input_ids = batch.input_ids.to(self.device, non_blocking=True)
+        attention_mask = batch.attention_mask.to(self.device, non_blocking=True)
+        rewards = reward_logits(self.model, input_ids, attention_mask)
+        return [float(x) for x in rewards.float().cpu().tolist()]
+
+    def score_sequences(
+        self, sequences: Sequence[Sequence[int]], max_batch_tokens: int = 8192
+    ) -> list[float]:
+        """Offline scoring in length-sorted, token-budgeted batches; rewards in input order."""
+        order = sorted(range(len(sequences)), key=lambda i: len(sequences[i]))
+        rewards = [0.0] * len(sequences)
+        start = 0
+        while start < len(order):
+            end = start + 1
+            while end < len(order) and (end - start + 1) * len(sequences[order[end]]) <= max_batch_tokens:
+                end += 1
+            batch = order[start:end]
+            for i, reward in zip(batch, self.forward([sequences[i] for i in batch]), strict=True):
+                rewards[i] = reward
+            start = end
+        return rewards
+
+
+def open_member(spec: MemberSpec, options: LoadOptions, device: str | None = None) -> ScoringModel:
+    """Open one checkpoint of a layout (on `device`, else the options' device)."""
+    return ScoringModel(spec, options, device)
+
+
+@dataclass
+class RewardModel:
+    """A checkpoint or ensemble opened for offline scoring: its members and how to combine them."""
+
+    layout: ModelLayout
+    members: list[ScoringModel]
+    combiner: Combiner
+
+    def score(self, items: Sequence[RewardInput]) -> list[list[float]]:
+        """Raw rewards per member (outer list) and item (inner list); members that tokenize alike share."""
+        encoded: dict[str, list[list[int]]] = {}
+        rewards = []
+        for member in self.members:
+            key = member.encoding_key
+            if key not in encoded:
+                encoded[key] = [e.input_ids for e in member.encode(items)]
+            rewards.append(member.score_sequences(encoded[key]))
+        return rewards
+
+
+def open_reward_model(path: str | Path, options: LoadOptions | None = None, **overrides: Any) -> RewardModel:
+    """Open a checkpoint or an ensemble directory for scoring, every member on its device."""
+    options = options or LoadOptions()
+    layout = read_layout(path)
+    devices = member_devices(options.device, len(layout.members))
+    members = [
+        open_member(spec, options, device) for spec, device in zip(layout.members, devices, strict=True)
+    ]
+    return RewardModel(layout, members, Combiner.for_layout(layout, **overrides))

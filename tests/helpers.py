@@ -1,0 +1,122 @@
+"""Helpers shared by the tests: real servers, an in-process service, direct reference forward passes.
+
+Every test module takes its helpers from here; fixtures live in `conftest.py`.
+"""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import torch
+from transformers import AutoModelForSequenceClassification
+
+from app.metrics import Metrics
+from app.service import RewardService
+from app.settings import Settings
+from reward_model.formatting import RewardInput
+
+REPO = Path(__file__).resolve().parent.parent
+BUNDLED = REPO / "data" / "hh-rlhf-harmless-base-sample.jsonl.gz"
+
+ITEMS = [
+    RewardInput.from_prompt_response(
+        "how do I bake bread?", "mix flour, water, salt and yeast, then knead it."
+    ),
+    RewardInput.from_prompt_response("hi", "no"),
+    RewardInput.from_prompt_response("what is two plus two? " * 6, "two plus two is four."),
+    RewardInput.from_messages(
+        [
+            {"role": "system", "content": "be kind"},
+            {"role": "user", "content": "thanks"},
+            {"role": "assistant", "content": "you are welcome"},
+        ]
+    ),
+]
+"""Service-level items: prompt strings, a long prompt, and a conversation with a system turn."""
+
+
+def direct_rewards(model_dir: Path, sequences: Sequence[Sequence[int]]) -> list[float]:
+    """Reference: one unpadded plain-transformers forward pass per token id list, raw logits."""
+    model = AutoModelForSequenceClassification.from_pretrained(model_dir).eval()
+    with torch.no_grad():
+        return [float(model(input_ids=torch.tensor([list(x)])).logits[0, 0]) for x in sequences]
+
+
+@asynccontextmanager
+async def running(
+    model: Path, service_type: type[RewardService] = RewardService, **overrides: object
+) -> AsyncIterator[RewardService]:
+    """A loaded, started service in this event loop (no warm-up), stopped on exit."""
+    settings = Settings(model=str(model), warmup=False, max_wait_ms=1.0, **overrides)  # type: ignore[arg-type]
+    service = service_type(settings, Metrics())
+    service.load(model)
+    service.start()
+    try:
+        yield service
+    finally:
+        await service.stop()
+
+
+def free_port() -> int:
+    """A port that was free a moment ago on 127.0.0.1."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class Server:
+    """A running `reward-serve` process and a client for it."""
+
+    process: subprocess.Popen[bytes]
+    url: str
+    log_path: Path
+
+    def client(self, timeout: float = 60.0) -> httpx.Client:
+        return httpx.Client(base_url=self.url, timeout=timeout)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+def start_server(model: Path, tmp: Path, *args: str, wait_ready: bool = True) -> Server:
+    """Start `reward-serve` on 127.0.0.1 and an ephemeral port; wait (bounded) for /ready."""
+    port = free_port()
+    log_path = tmp / f"serve-{port}.log"
+    command = [sys.executable, "-m", "app", "--model", str(model), "--port", str(port)]
+    command += ["--host", "127.0.0.1", "--log-level", "warning", *args]
+    with log_path.open("wb") as log_file:
+        process = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT, cwd=REPO)
+    server = Server(process, f"http://127.0.0.1:{port}", log_path)
+    if wait_ready:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                raise RuntimeError(f"reward-serve exited with {process.returncode}:\n{server.log()}")
+            try:
+                if httpx.get(f"{server.url}/ready", timeout=2).status_code == 200:
+                    return server
+            except httpx.TransportError:
+                pass
+            time.sleep(0.1)
+        stop_server(server)
+        raise RuntimeError(f"reward-serve not ready in 120 s:\n{server.log()}")
+    return server
+
+
+def stop_server(server: Server) -> None:
+    """SIGTERM, then SIGKILL after 20 s."""
+    server.process.terminate()
+    try:
+        server.process.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        server.process.kill()
+        server.process.wait()
