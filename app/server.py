@@ -77,7 +77,9 @@ async def _load(service: RewardService, settings: Settings, on_fatal: Callable[[
             await asyncio.to_thread(service.warmup)
         service.start()
         host = f"[{settings.host}]" if ":" in settings.host else settings.host
-        log.info("ready: serving %s on http://%s:%d", service.model_id, host, settings.port)
+        log.info(
+            "ready: serving %s on http://%s:%d (API docs at /docs)", service.model_id, host, settings.port
+        )
     except asyncio.CancelledError:
         raise
     except Exception as exc:

@@ -67,6 +67,7 @@ def finalize_checkpoint(run: MemberRun, fit: FitResult) -> dict[str, Any]:
     save_metadata(output, RewardMetadata(max_length=fit.max_length, input_format=input_format))
     model = open_reward_model(output, LoadOptions(device=config.device))
     [member] = model.members
+    log.info("%s: scoring the training and held-out responses for normalization and calibration", run.label)
     rewards = np.array(member.score_sequences([ids for g in fit.train_set for ids in g.input_ids]))
     normalization = Normalization(mean=float(rewards.mean()), std=max(float(rewards.std()), 1e-6))
     metrics: dict[str, Any] = {}
