@@ -59,6 +59,8 @@ class Member:
 def load_options(settings: Settings) -> LoadOptions:
     """The loader's options from the service's settings."""
     return LoadOptions(
+        engine=settings.engine,
+        compile=settings.compile,
         device=settings.device,
         dtype=settings.dtype,
         max_input_tokens=settings.max_input_tokens,

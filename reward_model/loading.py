@@ -18,10 +18,11 @@ import torch
 
 from reward_model.checkpoint import MemberSpec, ModelLayout, RewardMetadata, read_layout, weights_sha256
 from reward_model.devices import member_devices, resolve_device, resolve_dtype
+from reward_model.engines import EngineName, open_engine
 from reward_model.ensemble import Combiner
 from reward_model.errors import CheckpointError
 from reward_model.formatting import EncodedInput, InputFormatter, RewardInput
-from reward_model.tensors import max_positions, pad_batch, reward_logits
+from reward_model.tensors import max_positions
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +35,10 @@ class LoadOptions:
     dtype: str = "auto"
     max_input_tokens: int | None = None
     """A cap below the checkpoint's own `max_length`; unset: no extra cap."""
+    engine: EngineName = "transformers"
+    compile: bool | None = False
+    """`torch.compile` the transformers engine; None: on for a CPU, off elsewhere (unmeasured there).
+    Off by default here: one-shot scoring (evaluation) would pay the compile time for little."""
     truncate: bool = True
     trust_remote_code: bool = False
 
@@ -46,29 +51,21 @@ def effective_max_length(
 
 
 class ScoringModel:
-    """One checkpoint on one device: its tokenizer, formatter and weights, and a plain forward pass."""
+    """One checkpoint on one device: its tokenizer and formatter, and the engine that runs its weights."""
 
     def __init__(self, spec: MemberSpec, options: LoadOptions, device: str | None = None) -> None:
-        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+        from transformers import AutoConfig, AutoTokenizer
 
-        self.name, self.checkpoint, self.metadata, self.weight = (
-            spec.name,
-            spec.path,
-            spec.metadata,
-            spec.weight,
-        )
-        self.device = resolve_device(device or options.device)
-        self.dtype = resolve_dtype(options.dtype, self.device)
+        self.name, self.checkpoint, self.metadata = spec.name, spec.path, spec.metadata
+        self.weight = spec.weight
         remote = options.trust_remote_code
         try:
+            config = AutoConfig.from_pretrained(self.checkpoint, trust_remote_code=remote)
             self.tokenizer = AutoTokenizer.from_pretrained(self.checkpoint, trust_remote_code=remote)
-            model = AutoModelForSequenceClassification.from_pretrained(
-                self.checkpoint, dtype=self.dtype, trust_remote_code=remote
-            )
         except (OSError, ValueError) as exc:
             raise CheckpointError(f"{self.checkpoint}: cannot load ({exc})".replace("\n", " ")) from exc
-        if model.config.num_labels != 1:
-            raise CheckpointError(f"{self.checkpoint}: num_labels is {model.config.num_labels}, must be 1")
+        if config.num_labels != 1:
+            raise CheckpointError(f"{self.checkpoint}: num_labels is {config.num_labels}, must be 1")
         if not getattr(self.tokenizer, "is_fast", False):
             raise CheckpointError(f"{self.checkpoint}: a fast (Rust) tokenizer is required for offsets")
         if self.tokenizer.pad_token_id is None:
@@ -77,12 +74,8 @@ class ScoringModel:
             self.tokenizer.pad_token = self.tokenizer.eos_token or self.tokenizer.unk_token
         if self.tokenizer.pad_token_id is None:
             raise CheckpointError(f"{self.checkpoint}: tokenizer has no pad, eos or unk token to pad with")
-        self.model = model.to(self.device).eval()
         self.pad_id = int(self.tokenizer.pad_token_id)
-        self.architecture = type(model).__name__
-        max_length = effective_max_length(
-            spec.metadata, options.max_input_tokens, max_positions(model.config)
-        )
+        max_length = effective_max_length(spec.metadata, options.max_input_tokens, max_positions(config))
         try:
             self.formatter = InputFormatter(
                 self.tokenizer,
@@ -92,13 +85,46 @@ class ScoringModel:
             )
         except ValueError as exc:
             raise CheckpointError(f"{self.checkpoint}: {exc}") from exc
+        resolved = resolve_device(device or options.device)
+        self.engine = open_engine(
+            options.engine,
+            self.checkpoint,
+            device=resolved,
+            dtype=resolve_dtype(options.dtype, resolved),
+            pad_id=self.pad_id,
+            max_length=max_length,
+            trust_remote_code=remote,
+            compile=resolved.type == "cpu" if options.compile is None else options.compile,
+        )
         self.weights_sha256 = weights_sha256(self.checkpoint)
-        log.debug("loaded %s (%s) on %s as %s", self.checkpoint, self.architecture, self.device, self.dtype)
+        log.debug(
+            "opened %s (%s) with %s on %s as %s",
+            self.checkpoint,
+            self.architecture,
+            self.engine.name,
+            self.device,
+            self.dtype,
+        )
+
+    @property
+    def architecture(self) -> str:
+        """The model class, e.g. `LlamaForSequenceClassification`."""
+        return self.engine.architecture
+
+    @property
+    def device(self) -> torch.device:
+        """Where the engine runs the model."""
+        return self.engine.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The backbone's dtype (the reward head and the reward are float32 in every dtype)."""
+        return self.engine.dtype
 
     @property
     def num_parameters(self) -> int:
         """Parameter count, for `/info`."""
-        return sum(p.numel() for p in self.model.parameters())
+        return self.engine.num_parameters
 
     @functools.cached_property
     def encoding_key(self) -> str:
@@ -114,14 +140,9 @@ class ScoringModel:
         """Format, tokenize and truncate items for this model."""
         return self.formatter.encode(items)
 
-    @torch.inference_mode()
     def forward(self, sequences: Sequence[Sequence[int]]) -> list[float]:
         """Raw rewards of a batch of token id lists, one float per sequence, in order."""
-        batch = pad_batch(sequences, self.pad_id)
-        input_ids = batch.input_ids.to(self.device, non_blocking=True)
-        attention_mask = batch.attention_mask.to(self.device, non_blocking=True)
-        rewards = reward_logits(self.model, input_ids, attention_mask)
-        return [float(x) for x in rewards.float().cpu().tolist()]
+        return self.engine.forward(sequences)
 
     def score_sequences(
         self, sequences: Sequence[Sequence[int]], max_batch_tokens: int = 8192

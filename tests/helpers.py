@@ -55,7 +55,7 @@ async def running(
     model: Path, service_type: type[RewardService] = RewardService, **overrides: object
 ) -> AsyncIterator[RewardService]:
     """A loaded, started service in this event loop (no warm-up), stopped on exit."""
-    settings = Settings(model=str(model), warmup=False, max_wait_ms=1.0, **overrides)  # type: ignore[arg-type]
+    settings = Settings(model=str(model), **{"warmup": False, "max_wait_ms": 1.0, **overrides})  # type: ignore[arg-type]
     service = service_type(settings, Metrics())
     service.load(model)
     service.start()

@@ -152,6 +152,7 @@ def test_info_describes_the_model(llama_server: Server, llama_dir: Path):
     assert info["ready"] and info["num_members"] == 1 and info["aggregation"] == "mean"
     assert member["architecture"] == "LlamaForSequenceClassification"
     assert (member["device"], member["dtype"], member["input_format"]) == ("cpu", "float32", "chat_template")
+    assert (member["engine"], member["compiled"]) == ("transformers", False)  # the tests' REWARD_COMPILE
     assert member["max_length"] == 128
     assert len(member["weights_sha256"]) == 64
     # The limits the batcher applies: the 16384-token budget and the CPU's 0.1 padding bound.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 from pathlib import Path
@@ -113,3 +114,19 @@ async def test_truncated_items_are_reported(llama_dir: Path):
     first, second = outcome.items
     assert first.truncated and first.num_tokens > 16
     assert not second.truncated and second.num_tokens <= 16
+
+
+@pytest.mark.parametrize("fixture", ["bert_dir", "llama_dir"])
+async def test_the_compiled_engine_keeps_parity_and_batch_invariance(
+    fixture: str, request: pytest.FixtureRequest
+):
+    """torch.compile (dynamic shapes, frozen weights), warmed up as /ready does: same bounds as eager."""
+    model_dir = request.getfixturevalue(fixture)
+    async with running(model_dir, compile=True) as service:
+        await asyncio.to_thread(service.members[0].warm_up)
+        alone = [(await service.score([item])).rewards[0] for item in ITEMS]
+        mixed = (await service.score(ITEMS * 3)).rewards
+        ids = [e.input_ids for e in service.members[0].formatter.encode(ITEMS)]
+        assert service.members[0].model.engine.compiled
+    assert alone == pytest.approx(direct_rewards(model_dir, ids), abs=1e-4)
+    assert max(abs(reward - alone[i % len(ITEMS)]) for i, reward in enumerate(mixed)) <= 1e-4

