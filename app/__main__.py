@@ -2,4 +2,5 @@
 
 from app.cli import main
 
-main()
+if __name__ == "__main__":  # the vllm engine spawns processes that re-import the main module
+    main()

@@ -52,7 +52,8 @@ class Member:
         self.thread.submit(self.runner.warm_up, b.max_batch_size, b.max_batch_tokens).result()
 
     def close(self) -> None:
-        """Free the member's thread without waiting for it."""
+        """Free the member's engine and thread (the batcher must be stopped first)."""
+        self.runner.model.engine.close()
         self.thread.shutdown(wait=False)
 
 
@@ -69,10 +70,12 @@ def load_options(settings: Settings) -> LoadOptions:
     )
 
 
-def padding_ratio(setting: float | None, device_type: str) -> float:
-    """The padding bound for a device: on a CPU every padded token costs as much as a real one."""
+def padding_ratio(setting: float | None, device_type: str, engine: str = "transformers") -> float:
+    """The padding bound: on a CPU every padded token costs as much as a real one; vLLM never pads."""
     if setting is not None:
         return setting
+    if engine == "vllm":
+        return 1.0
     return 0.5 if device_type == "cuda" else 0.1
 
 
@@ -123,7 +126,7 @@ def _member(
         max_batch_tokens=max(s.max_batch_tokens, model.formatter.max_length),
         max_wait_s=s.max_wait_ms / 1000.0,
         max_queue_items=s.max_queue_items,
-        max_padding_ratio=padding_ratio(s.max_padding_ratio, model.device.type),
+        max_padding_ratio=padding_ratio(s.max_padding_ratio, model.device.type, model.engine.name),
         metrics=metrics,
         executor=thread,
     )

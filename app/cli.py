@@ -8,7 +8,8 @@ import sys
 from app.settings import Settings
 from reward_model.checkpoint import read_layout
 from reward_model.console import configure_logging
-from reward_model.errors import CheckpointError
+from reward_model.engines import check_engine
+from reward_model.errors import RewardError
 
 log = logging.getLogger("app.cli")
 
@@ -27,7 +28,8 @@ def main(argv: list[str] | None = None) -> None:
             settings = settings.model_copy(update={"model": str(ensure_demo_model())})
         assert settings.model is not None
         read_layout(settings.model)  # the contract, checked without loading weights: fail in one line
-    except CheckpointError as exc:
+        check_engine(settings.engine)
+    except RewardError as exc:
         print(f"reward-serve: error: {exc.message}", file=sys.stderr)
         raise SystemExit(2) from None
     serve(settings)

@@ -120,6 +120,8 @@ class RewardService:
         self.ready = False
         self.metrics.ready.set(0)
         await asyncio.gather(*(m.batcher.stop() for m in self.members))
+        for member in self.members:
+            member.close()
 
     # -- scoring ---------------------------------------------------------------------------------------
 

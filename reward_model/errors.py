@@ -41,6 +41,12 @@ class NonFiniteReward(InferenceFailed):
     type = "non_finite_reward"
 
 
+class EngineUnavailable(RewardError):
+    """The chosen engine cannot run here (not installed, or not for this machine); raised at startup."""
+
+    type = "engine_unavailable"
+
+
 class CheckpointError(RewardError):
     """A checkpoint or ensemble directory breaks the contract; raised when it is opened."""
 

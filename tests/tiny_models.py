@@ -87,12 +87,14 @@ def llama_tokenizer(chat_template: bool = True, pad_token: bool = False) -> PreT
     return wrapped
 
 
-def save_bert(path: Path, *, seed: int = 0, max_length: int = 128, **metadata: object) -> Path:
-    """A 2-layer BERT reward model with a trained WordPiece tokenizer."""
+def save_bert(
+    path: Path, *, seed: int = 0, max_length: int = 128, head_dim: int = 8, **metadata: object
+) -> Path:
+    """A 2-layer BERT reward model with a trained WordPiece tokenizer (vLLM needs head_dim >= 32)."""
     tokenizer = bert_tokenizer()
     config = BertConfig(
         vocab_size=len(tokenizer),
-        hidden_size=32,
+        hidden_size=4 * head_dim,
         num_hidden_layers=2,
         num_attention_heads=4,
         intermediate_size=64,
@@ -110,13 +112,14 @@ def save_llama(
     max_length: int = 128,
     chat_template: bool = True,
     pad_token: bool = False,
+    head_dim: int = 8,
     **metadata: object,
 ) -> Path:
-    """A 2-layer Llama reward model (last-token pooling) with a byte-level BPE tokenizer."""
+    """A 2-layer Llama reward model (last-token pooling), byte-level BPE tokenizer (vLLM: head_dim >= 32)."""
     tokenizer = llama_tokenizer(chat_template=chat_template, pad_token=pad_token)
     config = LlamaConfig(
         vocab_size=len(tokenizer),
-        hidden_size=32,
+        hidden_size=4 * head_dim,
         num_hidden_layers=2,
         num_attention_heads=4,
         num_key_value_heads=2,

@@ -2,4 +2,5 @@
 
 from training.cli import train_main
 
-train_main()
+if __name__ == "__main__":
+    train_main()

@@ -36,6 +36,14 @@ class RewardEngine(ABC):
         return None
 
 
+def check_engine(name: EngineName) -> None:
+    """Fail fast, before any weights load, when the engine cannot run on this machine."""
+    if name == "vllm":
+        from reward_model.engines.vllm_engine import import_vllm
+
+        import_vllm()
+
+
 def open_engine(
     name: EngineName,
     checkpoint: Path,
