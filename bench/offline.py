@@ -1,7 +1,15 @@
-"""The offline limit: direct batched forward passes through the shared loader, no server in between."""
+"""The offline limit: direct batched forward passes through the shared loader, no server in between.
+
+Run in its own process per engine and dtype, so that each measurement starts clean (one OpenMP team,
+no compiled graphs or oneDNN primitives left from another configuration):
+    python -m bench.offline MODEL ITEMS.json --engine transformers --dtype float32 [--compile]
+Every batch shape is seen once before timing, as a warmed-up server has seen it.
+"""
 
 from __future__ import annotations
 
+import argparse
+import json
 import statistics
 import time
 from typing import Any
@@ -9,20 +17,27 @@ from typing import Any
 import torch
 
 from reward_model.formatting import RewardInput
-from reward_model.loading import open_reward_model
+from reward_model.loading import LoadOptions, open_reward_model
 
 
-def offline_limit(model: str, items: list[dict[str, Any]], seconds: float) -> dict[str, Any]:
-    """Direct batched forward passes, sorted by length, at the best batch size: the hardware ceiling."""
-    [runner] = open_reward_model(model).members
+def offline_limit(
+    model: str, items: list[dict[str, Any]], seconds: float, options: LoadOptions | None = None
+) -> dict[str, Any]:
+    """Batched forward passes sorted by length, at the best batch size: the engine's ceiling."""
+    started_load = time.perf_counter()
+    [runner] = open_reward_model(model, options or LoadOptions()).members
     ids = [
         e.input_ids
         for e in runner.encode([RewardInput.from_prompt_response(i["prompt"], i["response"]) for i in items])
     ]
     ids.sort(key=len)
     results = {}
+    warm_started = time.perf_counter()
     for batch_size in (8, 16, 32, 64):
-        runner.forward(ids[:batch_size])  # warm-up
+        for i in range(0, len(ids), batch_size):  # warm-up: every shape once (compiles, primitives)
+            runner.forward(ids[i : i + batch_size])
+    warm_seconds = time.perf_counter() - warm_started
+    for batch_size in (8, 16, 32, 64):
         done = tokens = 0
         started = time.perf_counter()
         while time.perf_counter() - started < seconds:
@@ -46,6 +61,30 @@ def offline_limit(model: str, items: list[dict[str, Any]], seconds: float) -> di
         "best_batch_size": best,
         **results[best],
         "single_item_p50_ms": statistics.median(single) * 1000,
+        "load_seconds": warm_started - started_load,
+        "warmup_seconds": warm_seconds,
+        "engine": runner.engine.name,
+        "compiled": runner.engine.compiled,
         "device": str(runner.device),
-        "dtype": str(runner.dtype),
+        "dtype": str(runner.dtype).removeprefix("torch."),
     }
+
+
+def main() -> None:
+    """Measure one engine configuration and print its figures as one JSON line."""
+    parser = argparse.ArgumentParser(prog="python -m bench.offline", description=__doc__)
+    parser.add_argument("model")
+    parser.add_argument("items", help="JSON file: a list of {prompt, response}")
+    parser.add_argument("--engine", default="transformers", choices=["transformers", "vllm"])
+    parser.add_argument("--dtype", default="float32")
+    parser.add_argument("--compile", action="store_true")
+    parser.add_argument("--seconds", type=float, default=8.0)
+    args = parser.parse_args()
+    with open(args.items, encoding="utf-8") as fh:
+        items = json.load(fh)
+    options = LoadOptions(engine=args.engine, dtype=args.dtype, compile=args.compile)
+    print(json.dumps(offline_limit(args.model, items, args.seconds, options)), flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -43,6 +43,13 @@ ITEMS = [
 """Service-level items: prompt strings, a long prompt, and a conversation with a system turn."""
 
 
+def hh_items(count: int) -> list[dict[str, object]]:
+    """The first `count` (prompt messages, response) items of the bundled HH-RLHF sample."""
+    from bench.__main__ import hh_items as bundled
+
+    return bundled(count)
+
+
 def direct_rewards(model_dir: Path, sequences: Sequence[Sequence[int]]) -> list[float]:
     """Reference: one unpadded plain-transformers forward pass per token id list, raw logits."""
     model = AutoModelForSequenceClassification.from_pretrained(model_dir).eval()

@@ -51,7 +51,7 @@ async def get_info(request: Request) -> InfoResponse:
                 path=str(m.model.checkpoint),
                 architecture=m.model.architecture,
                 engine=m.model.engine.name,
-                compiled=bool(getattr(m.model.engine, "compiled", False)),
+                compiled=m.model.engine.compiled,
                 device=str(m.model.device),
                 dtype=str(m.model.dtype).removeprefix("torch."),
                 parameters=m.model.num_parameters,

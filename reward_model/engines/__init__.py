@@ -26,6 +26,8 @@ class RewardEngine(ABC):
     device: torch.device
     dtype: torch.dtype
     num_parameters: int
+    compiled: bool = False
+    """True when the engine runs a torch.compile'd graph."""
 
     @abstractmethod
     def forward(self, sequences: Sequence[Sequence[int]]) -> list[float]:
