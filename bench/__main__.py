@@ -22,7 +22,10 @@ from typing import Any
 import httpx
 import numpy as np
 
+from bench.loadgen import load
 from bench.offline import offline_limit
+from bench.peer_runs import run_peers
+from bench.report import plot, print_table, ratios
 
 REPO = Path(__file__).resolve().parent.parent
 BUNDLED = REPO / "data" / "hh-rlhf-harmless-base-sample.jsonl.gz"
@@ -83,24 +86,6 @@ def stop(process: subprocess.Popen[bytes]) -> None:
         process.kill()
 
 
-def load(
-    url: str, bodies: list[dict[str, Any]], concurrency: int, seconds: float, work: Path
-) -> dict[str, float]:
-    """Run the load generator in its own process and return its figures."""
-    path = work / "bodies.json"
-    path.write_text(json.dumps(bodies))
-    result = subprocess.run(
-        [sys.executable, "-m", "bench.loadgen", url, str(path), str(concurrency), str(seconds), "100000"],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-        timeout=seconds + 300,
-    )
-    if result.returncode != 0:
-        raise RuntimeError(result.stderr[-2000:])
-    return dict(json.loads(result.stdout.strip().splitlines()[-1]))
-
-
 def requests_of(items: list[dict[str, Any]], size: int) -> list[dict[str, Any]]:
     """Cut the items into request bodies of `size` items each."""
     return [{"items": items[i : i + size]} for i in range(0, len(items) - size + 1, size)]
@@ -133,6 +118,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--serve-arg", action="append", default=[], help="Extra reward-serve flag (repeatable)."
     )
+    parser.add_argument(
+        "--peers",
+        default=None,
+        help="Real peer servers to compare against: comma-separated names (vllm, infinity), 'all' or "
+        "'none'. Default: every peer installed by bench/install_peers.sh, none with --quick.",
+    )
+    parser.add_argument("--peer-dtype", default="float32", help="dtype of the peers (match --serve-arg).")
     args = parser.parse_args(argv)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     if args.model is None:
@@ -153,6 +145,13 @@ def main(argv: list[str] | None = None) -> None:
     work = Path(tempfile.mkdtemp(prefix="bench-"))
     seconds = min(args.seconds, 2.0) if args.quick else args.seconds
     hh = hh_items(64 * 16)
+    # Only items that our formatter keeps whole: peers truncate differently (vLLM refuses, infinity cuts
+    # the end), so every server gets these same items, as the same texts.
+    from bench.peers import render_texts
+
+    hh_texts, fits = render_texts(args.model, hh)
+    hh = [item for item, fit in zip(hh, fits, strict=True) if fit]
+    hh_texts = [text for text, fit in zip(hh_texts, fits, strict=True) if fit]
     long_items = long_prompt_items(256)
     results: dict[str, Any] = {
         "machine": {
@@ -229,6 +228,10 @@ def main(argv: list[str] | None = None) -> None:
     finally:
         stop(naive)
 
+    names = None if args.peers in (None, "all") else [] if args.peers == "none" else args.peers.split(",")
+    if not (args.quick and args.peers is None):
+        results["peers"] = run_peers(args.model, hh, hh_texts, names, args.peer_dtype, seconds, work)
+
     if args.ensemble_of > 1:
         results["ensemble"] = ensemble_cost(args.model, args.ensemble_of, hh, seconds, work)
 
@@ -268,69 +271,6 @@ def ensemble_cost(
             stop(process)
     single, ensemble = figures["single"]["items_per_s"], figures[f"ensemble_{k}"]["items_per_s"]
     return {**figures, "k": k, "cost_ratio_vs_k_times_single": (single / ensemble) / k}
-
-
-def ratios(r: dict[str, Any]) -> dict[str, float]:
-    """The target ratios of the benchmark issue, from figures of this one run."""
-    service, naive, offline = r["service"], r["naive"], r["offline"]["hh"]
-    saturation = max(v["items_per_s"] for k, v in service.items() if not k.startswith("long"))
-    single = service.get("c1_n1")
-    out = {
-        "saturation_over_offline_limit": saturation / offline["items_per_s"],
-        "service_over_naive_c8_n16": service["c8_n16"]["items_per_s"] / naive["c8_n16"]["items_per_s"],
-        "service_over_naive_c64_n1": service["c64_n1"]["items_per_s"] / naive["c64_n1"]["items_per_s"],
-        "padding_efficiency_hh": r["padding_efficiency_hh"],
-    }
-    if single:
-        out["p50_c1_n1_over_direct_forward"] = single["p50_ms"] / offline["single_item_p50_ms"]
-    if "ensemble" in r:
-        out["ensemble_cost_over_k_times_single"] = r["ensemble"]["cost_ratio_vs_k_times_single"]
-    return out
-
-
-def print_table(r: dict[str, Any]) -> None:
-    """A plain-text table of every scenario and the target ratios."""
-    offline = r["offline"]["hh"]
-    print(
-        f"\nOffline limit (HH items): {offline['items_per_s']:.1f} items/s, "
-        f"{offline['tokens_per_s']:.0f} tokens/s "
-        f"at batch {offline['best_batch_size']} on {offline['device']} ({offline['dtype']}); "
-        f"one item {offline['single_item_p50_ms']:.1f} ms"
-    )
-    print(
-        f"\n{'server':8} {'scenario':22} {'items/s':>9} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} "
-        f"{'errors':>7}"
-    )
-    for server in ("service", "naive", "best_of_n"):
-        for name, v in r.get(server, {}).items():
-            print(
-                f"{server:8} {name:22} {v['items_per_s']:9.1f} {v['p50_ms']:8.1f} {v['p95_ms']:8.1f} "
-                f"{v['p99_ms']:8.1f} {v['errors']:7d}"
-            )
-    print("\nTarget ratios (same run):")
-    for name, value in r["ratios"].items():
-        print(f"  {name:40} {value:.3f}")
-
-
-def plot(r: dict[str, Any], path: Path) -> None:
-    """Bar chart: items/s of the service and the naive server per scenario, against the offline limit."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    names = list(r["naive"])
-    x = np.arange(len(names))
-    fig, ax = plt.subplots(figsize=(8, 4))
-    ax.bar(x - 0.2, [r["service"].get(n, {}).get("items_per_s", 0) for n in names], 0.4, label="reward-serve")
-    ax.bar(x + 0.2, [r["naive"][n]["items_per_s"] for n in names], 0.4, label="naive baseline")
-    ax.axhline(r["offline"]["hh"]["items_per_s"], color="k", linestyle="--", label="offline limit")
-    ax.set_xticks(x, [n.replace("_", " ") for n in names])
-    ax.set(ylabel="items / s", title="Throughput on HH-RLHF items (c = clients, n = items per request)")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
 
 
 if __name__ == "__main__":

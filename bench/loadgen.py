@@ -9,12 +9,33 @@ from __future__ import annotations
 
 import asyncio
 import json
+import subprocess
 import sys
 import time
+from pathlib import Path
+from typing import Any
 from urllib.parse import urlparse
 
 import httpx
 import numpy as np
+
+
+def load(
+    url: str, bodies: list[dict[str, Any]], concurrency: int, seconds: float, work: Path
+) -> dict[str, float]:
+    """Run the load generator in its own process and return its figures."""
+    path = work / "bodies.json"
+    path.write_text(json.dumps(bodies))
+    result = subprocess.run(
+        [sys.executable, "-m", "bench.loadgen", url, str(path), str(concurrency), str(seconds), "100000"],
+        capture_output=True,
+        text=True,
+        cwd=Path(__file__).resolve().parent.parent,
+        timeout=seconds + 300,
+    )
+    if result.returncode != 0:
+        raise RuntimeError(result.stderr[-2000:])
+    return dict(json.loads(result.stdout.strip().splitlines()[-1]))
 
 
 def check_loopback(url: str) -> None:
@@ -85,7 +106,9 @@ def main() -> None:
     with open(bodies_path, encoding="utf-8") as fh:
         payload = json.load(fh)
     bodies = [json.dumps(b).encode() for b in payload]
-    sizes = [len(b.get("items") or b.get("responses") or []) for b in payload]
+    # Items per body: ours ("items", "responses"), vLLM /classify ("input"), infinity /rerank ("documents").
+    keys = ("items", "responses", "input", "documents")
+    sizes = [len(next((b[k] for k in keys if b.get(k)), [])) for b in payload]
     result = asyncio.run(run(url, bodies, sizes, int(concurrency), float(seconds), int(max_requests)))
     print(json.dumps(result))
 
