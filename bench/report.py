@@ -28,11 +28,63 @@ def ratios(r: dict[str, Any]) -> dict[str, float]:
             if scenario in figures and scenario in service:
                 value = service[scenario]["items_per_s"] / figures[scenario]["items_per_s"]
                 out[f"service_over_{peer}_{scenario}"] = value
+    out.update(engine_ratios(r))
+    return out
+
+
+def engine_ratios(r: dict[str, Any]) -> dict[str, float]:
+    """The engine issue's targets: best served engine against the vLLM server, against the fastest
+    offline engine of the same dtype, and bf16 against float32 in the transformers engine."""
+    engines = r.get("offline_engines", {})
+    out: dict[str, float] = {}
+    served = {"transformers-compiled-float32": r["service"], **r.get("variants", {})}
+    for dtype in ("float32", "bfloat16"):
+        limits = {k: v["items_per_s"] for k, v in engines.items() if k.endswith(dtype) and "items_per_s" in v}
+        ours = {k: v for k, v in served.items() if k.endswith(dtype)}
+        if not limits or not ours:
+            continue
+        saturation = max(s["items_per_s"] for v in ours.values() for k, s in v.items() if k.startswith("c"))
+        out[f"served_saturation_over_fastest_offline_{dtype}"] = saturation / max(limits.values())
+        peer = r.get("peers", {}).get("vllm", {})
+        if dtype == r.get("peer_dtype", "float32"):
+            for scenario in ("c64_n1", "c8_n16"):
+                if scenario in peer:
+                    best = max(v[scenario]["items_per_s"] for v in ours.values() if scenario in v)
+                    out[f"best_engine_over_vllm_server_{scenario}_{dtype}"] = (
+                        best / peer[scenario]["items_per_s"]
+                    )
+    for mode in ("eager", "compiled"):
+        fp32, bf16 = (
+            engines.get(f"transformers-{mode}-float32", {}),
+            engines.get(f"transformers-{mode}-bfloat16", {}),
+        )
+        if "items_per_s" in fp32 and "items_per_s" in bf16:
+            out[f"transformers_{mode}_bf16_over_float32"] = bf16["items_per_s"] / fp32["items_per_s"]
+    eager, compiled = (
+        engines.get("transformers-eager-float32", {}),
+        engines.get("transformers-compiled-float32", {}),
+    )
+    if "items_per_s" in eager and "items_per_s" in compiled:
+        out["transformers_compiled_over_eager_float32"] = compiled["items_per_s"] / eager["items_per_s"]
     return out
 
 
 def print_table(r: dict[str, Any]) -> None:
     """A plain-text table of every scenario and the target ratios."""
+    cpu = r.get("cpu", {})
+    print(f"\nCPU: {cpu.get('model')} ({cpu.get('machine')}), native bf16: {cpu.get('native_bf16')}")
+    for name, v in r.get("offline_engines", {}).items():
+        if "items_per_s" in v:
+            print(
+                f"offline {name:32} {v['items_per_s']:7.1f} items/s at batch {v['best_batch_size']:2}, "
+                f"one item {v['single_item_p50_ms']:.1f} ms, load {v['load_seconds']:.0f} s, "
+                f"warm-up {v['warmup_seconds']:.0f} s"
+            )
+        else:
+            print(f"offline {name:32} {v.get('skipped')}")
+    for name, scenarios in r.get("variants", {}).items():
+        for scenario, v in scenarios.items():
+            print(f"served  {name:32} {scenario:8} {v['items_per_s']:7.1f} items/s, p50 {v['p50_ms']:.1f} ms")
     offline = r["offline"]["hh"]
     print(
         f"\nOffline limit (HH items): {offline['items_per_s']:.1f} items/s, "

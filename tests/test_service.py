@@ -123,7 +123,7 @@ async def test_the_compiled_engine_keeps_parity_and_batch_invariance(
 ):
     """torch.compile (dynamic shapes, frozen weights), warmed up as /ready does: same bounds as eager."""
     model_dir = request.getfixturevalue(fixture)
-    async with running(model_dir, compile=True) as service:
+    async with running(model_dir, compile="on") as service:
         await asyncio.to_thread(service.members[0].warm_up)
         alone = [(await service.score([item])).rewards[0] for item in ITEMS]
         mixed = (await service.score(ITEMS * 3)).rewards
