@@ -44,7 +44,10 @@ class Settings(BaseSettings):
     )
     device: str = Field(default="auto", description="auto | cpu | cuda | cuda:N. auto: GPU if present.")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
-        default="auto", description="auto: bf16 on GPUs that support it, fp16 on other GPUs, fp32 on CPU."
+        default="auto",
+        description="auto: bf16 on GPUs that support it, fp16 on other GPUs, float32 on CPU. bfloat16 is "
+        "faster on CPUs with avx512_bf16 or AMX, but moves a reward with its batch by about 1% of the "
+        "rewards' spread.",
     )
     max_batch_size: int = Field(default=64, ge=1, description="Most items in one forward pass.")
     max_batch_tokens: int = Field(

@@ -11,11 +11,9 @@ import json
 import os
 import platform
 import re
-import socket
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +24,7 @@ from bench import engines
 from bench.loadgen import load
 from bench.offline import offline_limit
 from bench.peer_runs import run_peers
+from bench.processes import free_port, wait_ready
 from bench.report import plot, print_table, ratios
 
 REPO = Path(__file__).resolve().parent.parent
@@ -55,28 +54,16 @@ def long_prompt_items(count: int, seed: int = 0) -> list[dict[str, Any]]:
     ]
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def start(command: list[str], url: str, log: Path) -> subprocess.Popen[bytes]:
     """Start a server process and wait (bounded) until it answers /ready."""
     with log.open("wb") as fh:
         process = subprocess.Popen(command, stdout=fh, stderr=subprocess.STDOUT, cwd=REPO)
-    deadline = time.monotonic() + 600
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"{command[:3]} exited:\n{log.read_text()[-2000:]}")
-        try:
-            if httpx.get(f"{url}/ready", timeout=2).status_code == 200:
-                return process
-        except httpx.TransportError:
-            pass
-        time.sleep(0.2)
-    process.kill()
-    raise RuntimeError(f"{command[:3]} not ready")
+    try:
+        wait_ready(process, f"{url}/ready", log, " ".join(command[:3]), 600)
+    except RuntimeError:
+        process.kill()
+        raise
+    return process
 
 
 def stop(process: subprocess.Popen[bytes]) -> None:

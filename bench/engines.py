@@ -56,7 +56,9 @@ def offline(name: str, model: str, items_path: Path, seconds: float) -> dict[str
     )
     if result.returncode != 0:
         return {"skipped": f"failed: {result.stderr.strip()[-500:]}"}
-    return dict(json.loads(result.stdout.strip().splitlines()[-1]))
+    # vLLM logs to stdout too: the figures are the last line that is a JSON object.
+    line = next(x for x in reversed(result.stdout.splitlines()) if x.startswith('{"by_batch_size"'))
+    return dict(json.loads(line))
 
 
 def cpu_facts() -> dict[str, Any]:

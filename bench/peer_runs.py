@@ -11,7 +11,6 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -30,12 +29,7 @@ from bench.peers import (
     available_peers,
     render_texts,
 )
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+from bench.processes import free_port, wait_ready
 
 
 def launch(
@@ -48,7 +42,6 @@ def launch(
     timeout: float = 600.0,
 ) -> subprocess.Popen[bytes]:
     """Start the peer in its own process group on 127.0.0.1:port; wait (bounded) until it is ready."""
-    import httpx
 
     served = peer.prepare(model_dir, work)
     log = work / f"{peer.name}.log"
@@ -61,19 +54,12 @@ def launch(
             cwd=work,
             start_new_session=True,  # vLLM forks an engine process: stop the whole group
         )
-    url = peer.ready_url(f"http://127.0.0.1:{port}")
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"{peer.label} exited ({process.returncode}):\n{_tail(log)}")
-        try:
-            if httpx.get(url, timeout=2).status_code == 200:
-                return process
-        except httpx.TransportError:
-            pass
-        time.sleep(0.5)
-    shutdown(process)
-    raise RuntimeError(f"{peer.label} not ready in {timeout:.0f} s:\n{_tail(log)}")
+    try:
+        wait_ready(process, peer.ready_url(f"http://127.0.0.1:{port}"), log, peer.label, timeout)
+    except RuntimeError:
+        shutdown(process)
+        raise
+    return process
 
 
 def shutdown(process: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
@@ -86,10 +72,6 @@ def shutdown(process: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
     with contextlib.suppress(ProcessLookupError):
         os.killpg(process.pid, signal.SIGKILL)
     process.wait(timeout=timeout)
-
-
-def _tail(log: Path, chars: int = 3000) -> str:
-    return log.read_text(errors="replace")[-chars:] if log.exists() else ""
 
 
 def peer_rewards(peer: Peer, base: str, texts: Sequence[str], timeout: float = 60.0) -> list[float]:

@@ -119,6 +119,16 @@ def start_server(model: Path, tmp: Path, *args: str, wait_ready: bool = True) ->
     return server
 
 
+def startup_error(model: Path, *args: str) -> str:
+    """Run `reward-serve` where it must refuse to start: assert exit 2 and one line; return that line."""
+    command = [sys.executable, "-m", "app", "--model", str(model), "--port", "0", *args]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("reward-serve: error: "), result.stderr
+    return lines[0]
+
+
 def stop_server(server: Server) -> None:
     """SIGTERM, then SIGKILL after 20 s."""
     server.process.terminate()

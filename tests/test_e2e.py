@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 import math
 import re
-import subprocess
-import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -16,7 +14,7 @@ import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from reward_model.formatting import InputFormatter, RewardInput
-from tests.helpers import REPO, Server, direct_rewards, start_server, stop_server
+from tests.helpers import Server, direct_rewards, start_server, startup_error, stop_server
 from tests.tiny_models import save_bert
 
 pytestmark = pytest.mark.slow
@@ -223,14 +221,4 @@ def bad_checkpoint(tmp_path: Path, breakage: str) -> Path:
     ],
 )
 def test_a_broken_checkpoint_stops_startup_with_one_line(tmp_path: Path, breakage: str, message: str):
-    model_dir = bad_checkpoint(tmp_path, breakage)
-    result = subprocess.run(
-        [sys.executable, "-m", "app", "--model", str(model_dir), "--port", "0"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=REPO,
-    )
-    assert result.returncode == 2
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("reward-serve: error: ") and message in lines[0]
+    assert message in startup_error(bad_checkpoint(tmp_path, breakage))

