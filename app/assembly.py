@@ -61,7 +61,7 @@ def load_options(settings: Settings) -> LoadOptions:
     """The loader's options from the service's settings."""
     return LoadOptions(
         engine=settings.engine,
-        compile={"auto": None, "on": True, "off": False}[settings.compile],
+        compile=settings.compile == "on",
         device=settings.device,
         dtype=settings.dtype,
         max_input_tokens=settings.max_input_tokens,

@@ -235,6 +235,7 @@ def main(argv: list[str] | None = None) -> None:
         results["ensemble"] = ensemble_cost(args.model, args.ensemble_of, hh, seconds, work)
 
     results["peer_dtype"] = args.peer_dtype
+    results["default_variant"] = engines.DEFAULT_VARIANT
     results["ratios"] = ratios(results)
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     plot(results, out / "throughput.png")
@@ -248,7 +249,7 @@ def serve_variants(model: str, items: list[dict[str, Any]], seconds: float, work
     for name in engines.VARIANTS:
         engine, _ = engines.VARIANTS[name]
         python = engines.python_for(engine)
-        if name in (engines.DEFAULT_VARIANT, "transformers-eager-bfloat16") or python is None:
+        if name in (engines.DEFAULT_VARIANT, "transformers-compiled-bfloat16") or python is None:
             continue
         port = free_port()
         url = f"http://127.0.0.1:{port}"

@@ -27,7 +27,7 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
     "vllm-float32": ("vllm", ["--dtype", "float32"]),
     "vllm-bfloat16": ("vllm", ["--dtype", "bfloat16"]),
 }
-DEFAULT_VARIANT = "transformers-compiled-float32"
+DEFAULT_VARIANT = "transformers-eager-float32"
 """What `reward-serve` runs on a CPU with its default settings."""
 
 

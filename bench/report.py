@@ -37,7 +37,7 @@ def engine_ratios(r: dict[str, Any]) -> dict[str, float]:
     offline engine of the same dtype, and bf16 against float32 in the transformers engine."""
     engines = r.get("offline_engines", {})
     out: dict[str, float] = {}
-    served = {"transformers-compiled-float32": r["service"], **r.get("variants", {})}
+    served = {r.get("default_variant", "transformers-eager-float32"): r["service"], **r.get("variants", {})}
     for dtype in ("float32", "bfloat16"):
         limits = {k: v["items_per_s"] for k, v in engines.items() if k.endswith(dtype) and "items_per_s" in v}
         ours = {k: v for k, v in served.items() if k.endswith(dtype)}

@@ -36,9 +36,8 @@ class LoadOptions:
     max_input_tokens: int | None = None
     """A cap below the checkpoint's own `max_length`; unset: no extra cap."""
     engine: EngineName = "transformers"
-    compile: bool | None = False
-    """`torch.compile` the transformers engine; None: on for a CPU, off elsewhere (unmeasured there).
-    Off by default here: one-shot scoring (evaluation) would pay the compile time for little."""
+    compile: bool = False
+    """`torch.compile` the transformers engine (measured slower than eager on CPU here; see README)."""
     truncate: bool = True
     trust_remote_code: bool = False
 
@@ -94,7 +93,7 @@ class ScoringModel:
             pad_id=self.pad_id,
             max_length=max_length,
             trust_remote_code=remote,
-            compile=resolved.type == "cpu" if options.compile is None else options.compile,
+            compile=options.compile,
         )
         self.weights_sha256 = weights_sha256(self.checkpoint)
         log.debug(
