@@ -1,11 +1,10 @@
 """The default engine: a transformers sequence classifier, right-padded batches, our own pooling.
 
-Eager by default. On a CPU, float32 linear layers go to oneDNN with their weights reordered once at
-load, because torch's own float32 GEMM goes through MKL, which picks its kernels by CPU vendor and
-left AVX-512 unused on AMD Zen 4 (1.23-1.36x on the demo model, same run). bfloat16 keeps torch's own
-path, which already reaches oneDNN. `compile=True` runs it through `torch.compile` (inductor, dynamic
-shapes, frozen weights) instead: measured at 0.92x eager on the demo model, so it is opt-in.
-The reward head and the returned reward stay float32 in every dtype.
+Eager by default; `compile=True` runs it through `torch.compile` (inductor, dynamic shapes, frozen
+weights), which measured 0.92x eager on the demo model on a CPU, so it is opt-in. bfloat16 runs
+through oneDNN on CPUs with native bf16; the reward head and the returned reward stay float32.
+float32 on a CPU stays torch's own MKL path: oneDNN with prepacked weights scored batches 1.23-1.36x
+faster on AMD Zen 4 but single items 2x slower (see the README), so it is not used.
 """
 
 from __future__ import annotations
@@ -25,22 +24,6 @@ from reward_model.tensors import pad_batch, reward_logits
 log = logging.getLogger(__name__)
 
 
-class PackedLinear(torch.nn.Module):
-    """A float32 linear layer run by oneDNN, its weight reordered into oneDNN's layout once."""
-
-    def __init__(self, linear: torch.nn.Linear) -> None:
-        super().__init__()
-        weight = linear.weight.detach()
-        self.in_features, self.out_features = linear.in_features, linear.out_features
-        self.packed = torch.ops.mkldnn._reorder_linear_weight(weight)
-        self.bias = None if linear.bias is None else linear.bias.detach()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """`x @ W.T + b`, as `nn.Linear` computes it."""
-        out: torch.Tensor = torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none", [], "")
-        return out
-
-
 def reward_head(model: Any) -> torch.nn.Module:
     """The final one-label layer: `score` on decoder classifiers, `classifier` (or its `out_proj`) else."""
     head = getattr(model, "score", None)
@@ -53,25 +36,8 @@ def reward_head(model: Any) -> torch.nn.Module:
     return head
 
 
-def pack_linears(model: torch.nn.Module, keep: torch.nn.Module) -> int:
-    """Swap every float32 `nn.Linear` except `keep` for a `PackedLinear`; returns how many."""
-    swapped = 0
-    for parent in list(model.modules()):
-        for name, child in list(parent.named_children()):
-            if type(child) is torch.nn.Linear and child is not keep and child.weight.dtype == torch.float32:
-                setattr(parent, name, PackedLinear(child))
-                swapped += 1
-    return swapped
-
-
 def _float32_head(module: torch.nn.Module, args: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
     return (args[0].float(), *args[1:])
-
-
-def onednn_available() -> bool:
-    """True when this torch build can run `PackedLinear`."""
-    available = torch.backends.mkldnn.is_available()  # type: ignore[no-untyped-call]
-    return bool(available) and hasattr(torch.ops.mkldnn, "_reorder_linear_weight")
 
 
 class TransformersEngine(RewardEngine):
@@ -112,8 +78,6 @@ class TransformersEngine(RewardEngine):
                 functools.partial(reward_logits, model), dynamic=True, options={"freezing": True}
             )
         else:
-            if device.type == "cpu" and dtype == torch.float32 and onednn_available():
-                log.debug("%s: %d linear layers packed for oneDNN", checkpoint, pack_linears(model, head))
             self._rewards = functools.partial(reward_logits, model)
 
     @torch.inference_mode()
