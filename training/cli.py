@@ -20,17 +20,17 @@ def train_main(argv: list[str] | None = None) -> None:
     _setup()
     from transformers import HfArgumentParser
 
+    from training import presets
     from training.config import RewardTrainingConfig
     from training.data import DataError
     from training.demo import demo_model_dir
     from training.pipeline import train
-    from training.presets import apply_preset
 
     parser = HfArgumentParser(RewardTrainingConfig)  # type: ignore[arg-type]
     (parsed,) = parser.parse_args_into_dataclasses(args=argv, look_for_args_file=False)
     config: RewardTrainingConfig = parsed  # type: ignore[assignment]
     output = config.output or (str(demo_model_dir()) if config.preset == "demo" else None)
-    config = apply_preset(config, output or "")
+    config = presets.apply_preset(config, output or "")
     try:
         path = train(config)
     except (DataError, ValueError) as exc:
