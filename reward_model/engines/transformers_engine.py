@@ -41,7 +41,7 @@ def _float32_head(module: torch.nn.Module, args: tuple[torch.Tensor, ...]) -> tu
 
 
 class TransformersEngine(RewardEngine):
-    """`AutoModelForSequenceClassification` in eager mode."""
+    """`AutoModelForSequenceClassification`, eager unless `compile`."""
 
     name = "transformers"
 
