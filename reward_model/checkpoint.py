@@ -211,11 +211,9 @@ class ModelLayout:
 def read_layout(directory: str | Path, *, name: str | None = None) -> ModelLayout:
     """Validate a checkpoint or ensemble directory and name its members (unique names, in order)."""
     root = Path(directory)
-    if is_ensemble(root):
-        manifest: EnsembleManifest | None = load_manifest(root)
-        entries = manifest.members if manifest else []
-    else:
-        manifest, entries = None, [EnsembleMember(path=".", name=name or root.resolve().name)]
+    manifest = load_manifest(root) if is_ensemble(root) else None
+    single = EnsembleMember(path=".", name=name or root.resolve().name)
+    entries = manifest.members if manifest is not None else [single]
     members: list[MemberSpec] = []
     seen: dict[str, int] = {}
     for entry in entries:

@@ -26,10 +26,10 @@ NATIVE_BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
 
 
 @functools.cache
-def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> frozenset[str]:
+def cpu_flags() -> frozenset[str]:
     """The CPU's feature flags as the kernel reports them (empty where there is no /proc/cpuinfo)."""
     try:
-        text = cpuinfo.read_text(encoding="utf-8", errors="replace")
+        text = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
     except OSError:
         return frozenset()
     for line in text.splitlines():
@@ -38,9 +38,9 @@ def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> frozenset[str]:
     return frozenset()
 
 
-def cpu_has_native_bf16(flags: frozenset[str] | None = None) -> bool:
+def cpu_has_native_bf16() -> bool:
     """True when the CPU computes bf16 in hardware (AVX512-BF16 or AMX); elsewhere bf16 is emulated."""
-    return bool(NATIVE_BF16_FLAGS & (cpu_flags() if flags is None else flags))
+    return bool(NATIVE_BF16_FLAGS & cpu_flags())
 
 
 def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:

@@ -6,7 +6,6 @@ so the same checkpoint always gets the same token ids and the same rewards.
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import logging
 from collections.abc import Sequence
@@ -96,6 +95,9 @@ class ScoringModel:
             compile=options.compile,
         )
         self.weights_sha256 = weights_sha256(self.checkpoint)
+        self.encoding_key = encoding_key(self.tokenizer, self.formatter)
+        """Equal for members whose tokenizer, format and limits produce identical input ids. Computed
+        here, at load: it serializes the whole vocabulary, which must not happen on a request."""
         log.debug(
             "opened %s (%s) with %s on %s as %s",
             self.checkpoint,
@@ -125,16 +127,6 @@ class ScoringModel:
         """Parameter count, for `/info`."""
         return self.engine.num_parameters
 
-    @functools.cached_property
-    def encoding_key(self) -> str:
-        """Equal for members whose tokenizer, format and limits produce identical input ids."""
-        backend = getattr(self.tokenizer, "backend_tokenizer", None)
-        vocab = backend.to_str() if backend is not None else repr(self.tokenizer)
-        template = getattr(self.tokenizer, "chat_template", None) or ""
-        fmt = self.formatter
-        digest = hashlib.sha256(f"{vocab}|{template}|{fmt.format_name}".encode()).hexdigest()[:16]
-        return f"{digest}:{fmt.max_length}:{fmt.truncate}"
-
     def encode(self, items: Sequence[RewardInput]) -> list[EncodedInput]:
         """Format, tokenize and truncate items for this model."""
         return self.formatter.encode(items)
@@ -159,6 +151,15 @@ class ScoringModel:
                 rewards[i] = reward
             start = end
         return rewards
+
+
+def encoding_key(tokenizer: Any, formatter: InputFormatter) -> str:
+    """A digest of what decides the input ids: vocabulary, chat template, format and limits."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    vocab = backend.to_str() if backend is not None else repr(tokenizer)
+    template = getattr(tokenizer, "chat_template", None) or ""
+    digest = hashlib.sha256(f"{vocab}|{template}|{formatter.format_name}".encode()).hexdigest()[:16]
+    return f"{digest}:{formatter.max_length}:{formatter.truncate}"
 
 
 def open_member(spec: MemberSpec, options: LoadOptions, device: str | None = None) -> ScoringModel:
