@@ -12,18 +12,27 @@ import pytest
 import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
+from reward_model.engines.transformers_engine import PackedLinear, TransformersEngine, onednn_available
 from reward_model.errors import InvalidInput
 from reward_model.formatting import RewardInput
 from tests.helpers import ITEMS, direct_rewards, hh_items, running
 from tests.tiny_models import save_llama
 
 
-@pytest.mark.parametrize("fixture", ["bert_dir", "llama_dir"])
+def linear_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
+    return [m for m in model.modules() if isinstance(m, torch.nn.Linear | PackedLinear)]
+
+
+@pytest.mark.parametrize("fixture", ["bert_dir", "llama_dir", "minilm_dir"])
 async def test_rewards_match_a_direct_forward_pass(fixture: str, request: pytest.FixtureRequest):
     model_dir = request.getfixturevalue(fixture)
     async with running(model_dir) as service:
         outcome = await service.score(ITEMS)
         ids = [e.input_ids for e in service.members[0].formatter.encode(ITEMS)]
+        engine = service.members[0].model.engine
+        # float32 on a CPU runs oneDNN-packed linears (all but the head), which the reference does not
+        assert isinstance(engine, TransformersEngine)
+        assert engine.packed_linears == (len(linear_layers(engine.model)) - 1 if onednn_available() else 0)
     expected = direct_rewards(model_dir, ids)
     assert outcome.rewards == pytest.approx(expected, abs=1e-4)
     assert len(set(round(r, 4) for r in outcome.rewards)) == len(ITEMS)  # the head really discriminates

@@ -1,10 +1,12 @@
 """The default engine: a transformers sequence classifier, right-padded batches, our own pooling.
 
 Eager by default; `compile=True` runs it through `torch.compile` (inductor, dynamic shapes, frozen
-weights), which measured 0.92x eager on the demo model on a CPU, so it is opt-in. bfloat16 runs
-through oneDNN on CPUs with native bf16; the reward head and the returned reward stay float32.
-float32 on a CPU stays torch's own MKL path: oneDNN with prepacked weights scored batches 1.23-1.36x
-faster on AMD Zen 4 but single items 2x slower (see the README), so it is not used.
+weights), which measured 0.92x eager on the demo model on a CPU, so it is opt-in.
+On a CPU, float32 linear layers run through oneDNN with their weights reordered once at load
+(`PackedLinear`): torch's own float32 GEMM goes through MKL, which picks its kernels by CPU vendor and
+runs a generic path on AMD (`MKL_VERBOSE=1` shows it), leaving AVX-512 unused on Zen 4; oneDNN picks by
+ISA flags. `python -m bench.linears` measures the two in one process. bfloat16 already reaches oneDNN
+through torch. The reward head and the returned reward stay float32 in every dtype.
 """
 
 from __future__ import annotations
@@ -24,6 +26,38 @@ from reward_model.tensors import pad_batch, reward_logits
 log = logging.getLogger(__name__)
 
 
+class PackedLinear(torch.nn.Module):
+    """A float32 `nn.Linear` run by oneDNN, its weight reordered into oneDNN's blocked layout once."""
+
+    def __init__(self, linear: torch.nn.Linear) -> None:
+        super().__init__()
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        self.packed = torch.ops.mkldnn._reorder_linear_weight(linear.weight.detach())
+        self.bias = None if linear.bias is None else linear.bias.detach()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """`x @ W.T + b`, as `nn.Linear` computes it."""
+        out: torch.Tensor = torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none", [], "")
+        return out
+
+
+def onednn_available() -> bool:
+    """True when this torch build can run `PackedLinear`."""
+    available = torch.backends.mkldnn.is_available()  # type: ignore[no-untyped-call]
+    return bool(available) and hasattr(torch.ops.mkldnn, "_reorder_linear_weight")
+
+
+def pack_linears(model: torch.nn.Module, keep: torch.nn.Module) -> int:
+    """Swap every float32 `nn.Linear` except `keep` (the reward head) for a `PackedLinear`."""
+    swapped = 0
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if type(child) is torch.nn.Linear and child is not keep and child.weight.dtype == torch.float32:
+                setattr(parent, name, PackedLinear(child))
+                swapped += 1
+    return swapped
+
+
 def reward_head(model: Any) -> torch.nn.Module:
     """The final one-label layer: `score` on decoder classifiers, `classifier` (or its `out_proj`) else."""
     head = getattr(model, "score", None)
@@ -41,7 +75,7 @@ def _float32_head(module: torch.nn.Module, args: tuple[torch.Tensor, ...]) -> tu
 
 
 class TransformersEngine(RewardEngine):
-    """`AutoModelForSequenceClassification`, eager unless `compile`."""
+    """`AutoModelForSequenceClassification`, eager unless `compile`; `onednn=False` keeps torch's GEMM."""
 
     name = "transformers"
 
@@ -54,6 +88,7 @@ class TransformersEngine(RewardEngine):
         pad_id: int,
         trust_remote_code: bool,
         compile: bool = False,
+        onednn: bool = True,
     ) -> None:
         from transformers import AutoModelForSequenceClassification
 
@@ -73,11 +108,14 @@ class TransformersEngine(RewardEngine):
         model = model.to(device).eval()
         self.model = model
         self.compiled = compile
+        self.packed_linears = 0
         if compile:
             self._rewards: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = torch.compile(
                 functools.partial(reward_logits, model), dynamic=True, options={"freezing": True}
             )
         else:
+            if device.type == "cpu" and dtype == torch.float32 and onednn and onednn_available():
+                self.packed_linears = pack_linears(model, keep=head)
             self._rewards = functools.partial(reward_logits, model)
 
     @torch.inference_mode()
