@@ -67,6 +67,7 @@ def load_options(settings: Settings) -> LoadOptions:
         max_input_tokens=settings.max_input_tokens,
         truncate=settings.truncate,
         trust_remote_code=settings.trust_remote_code,
+        prefix_sharing=settings.prefix_sharing,
     )
 
 

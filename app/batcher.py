@@ -2,6 +2,9 @@
 
 Contract (as in Ray Serve's batch queue, capped by tokens as in TEI):
 - a batch is capped by item count and by a token budget, where cost = items x longest item;
+- items that may share a prefix (`prefix_sharing`) carry its length; a batch takes in the other
+  waiting items with the same prefix ids, from any request, within its caps, and the prefix counts
+  once against the budget (`batch_policy`);
 - the oldest waiting item is always in the next batch (no starvation), and the rest of the batch is
   the items closest to it in length; a batch stops growing before more than `max_padding_ratio` of
   its tokens would be padding, so a mixed queue becomes several homogeneous batches;
@@ -21,11 +24,12 @@ import contextlib
 import logging
 import math
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Hashable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from app.batch_policy import Waiting, add_prefix_groups, batch_cost, choose_batch, idle_wait, is_full
 from app.errors import NotReady, Overloaded
 from app.metrics import Metrics
 from reward_model.errors import InferenceFailed, NonFiniteReward
@@ -36,7 +40,7 @@ log = logging.getLogger(__name__)
 class BatchRunner(Protocol):
     """What the batcher needs from a model: one reward per token-id sequence, in order."""
 
-    def forward(self, sequences: Sequence[Sequence[int]]) -> list[float]: ...
+    def forward(self, sequences: Sequence[Sequence[int]], prefix_lengths: Sequence[int]) -> list[float]: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,10 +57,16 @@ class _Entry:
     tokens: Sequence[int]
     future: asyncio.Future[ItemResult]
     enqueued: float = field(default_factory=time.monotonic)
+    prefix: int = 0
+    key: Hashable = None
 
     @property
     def length(self) -> int:
         return len(self.tokens)
+
+    @property
+    def waiting(self) -> Waiting:
+        return Waiting(len(self.tokens), self.prefix, self.key)
 
 
 class DynamicBatcher:
@@ -130,8 +140,12 @@ class DynamicBatcher:
         self._update_depth()
         self._executor.shutdown(wait=True)
 
-    def submit(self, sequences: Sequence[Sequence[int]]) -> list[asyncio.Future[ItemResult]]:
-        """Queue all of a request's items, or none of them (Overloaded) when the queue is full."""
+    def submit(
+        self, sequences: Sequence[Sequence[int]], prefix_lengths: Sequence[int] | None = None
+    ) -> list[asyncio.Future[ItemResult]]:
+        """Queue all of a request's items, or none of them (Overloaded) when the queue is full.
+
+        `prefix_lengths[i]` > 0: item i may share its first that many tokens with other items."""
         if len(self._pending) + len(sequences) > self.max_queue_items:
             self._purge_cancelled()
             if len(self._pending) + len(sequences) > self.max_queue_items:
@@ -142,9 +156,10 @@ class DynamicBatcher:
         self._arrival_gap, self._last_submit = now - self._last_submit, now
         loop = asyncio.get_running_loop()
         futures: list[asyncio.Future[ItemResult]] = []
-        for tokens in sequences:
+        for tokens, prefix in zip(sequences, prefix_lengths or [0] * len(sequences), strict=True):
             future: asyncio.Future[ItemResult] = loop.create_future()
-            self._pending.append(_Entry(tokens, future, self._clock()))
+            key = hash(tuple(tokens[:prefix])) if prefix else None
+            self._pending.append(_Entry(tokens, future, self._clock(), prefix, key))
             futures.append(future)
         self._update_depth()
         self._arrived.set()
@@ -199,14 +214,14 @@ class DynamicBatcher:
 
     def _take_batch(self) -> list[_Entry]:
         self._purge_cancelled()
-        chosen = set(
-            choose_batch(
-                [e.length for e in self._pending],
-                self.max_batch_size,
-                self.max_batch_tokens,
-                self.max_padding_ratio,
-            )
+        nearest = choose_batch(
+            [e.length for e in self._pending],
+            self.max_batch_size,
+            self.max_batch_tokens,
+            self.max_padding_ratio,
         )
+        queue = [e.waiting for e in self._pending]
+        chosen = set(add_prefix_groups(nearest, queue, self.max_batch_size, self.max_batch_tokens))
         batch = [e for i, e in enumerate(self._pending) if i in chosen]
         self._pending = [e for i, e in enumerate(self._pending) if i not in chosen]
         self._update_depth()
@@ -217,13 +232,12 @@ class DynamicBatcher:
         if not live:
             return
         started = self._clock()
-        longest = max(e.length for e in live)
         real = sum(e.length for e in live)
-        padded = longest * len(live)
+        padded = batch_cost([e.waiting for e in live])
         loop = asyncio.get_running_loop()
         try:
             rewards = await loop.run_in_executor(
-                self._executor, self.runner.forward, [e.tokens for e in live]
+                self._executor, self.runner.forward, [e.tokens for e in live], [e.prefix for e in live]
             )
             if len(rewards) != len(live):
                 raise RuntimeError(f"runner returned {len(rewards)} rewards for {len(live)} inputs")
@@ -248,6 +262,7 @@ class DynamicBatcher:
         m.padding_ratio.labels(member).observe(1.0 - real / padded)
         m.real_tokens.labels(member).inc(real)
         m.padded_tokens.labels(member).inc(padded)
+        self._observe_sharing(live)
         for entry, reward in zip(live, rewards, strict=True):
             m.queue_wait.labels(member).observe(started - entry.enqueued)
             if entry.future.done():
@@ -260,56 +275,17 @@ class DynamicBatcher:
             else:
                 entry.future.set_result(ItemResult(reward, started - entry.enqueued, elapsed))
 
+    def _observe_sharing(self, live: list[_Entry]) -> None:
+        groups: dict[Hashable, list[_Entry]] = {}
+        for entry in live:
+            if entry.prefix:
+                groups.setdefault(entry.key, []).append(entry)
+        m, member = self.metrics, self.name
+        for group in groups.values():
+            m.prefix_group_size.labels(member).observe(len(group))
+            if len(group) > 1:
+                m.shared_prefix_items.labels(member).inc(len(group))
+                m.prefix_tokens_saved.labels(member).inc(group[0].prefix * (len(group) - 1))
+
     def _update_depth(self) -> None:
         self.metrics.queue_depth.labels(self.name).set(len(self._pending))
-
-
-# -- the decisions, as pure functions ---------------------------------------------------------------
-
-
-def is_full(lengths: Sequence[int], max_batch_size: int, max_batch_tokens: int) -> bool:
-    """True when the waiting items already fill a batch by count or by padded tokens."""
-    if len(lengths) >= max_batch_size:
-        return True
-    return max(lengths) * len(lengths) >= max_batch_tokens
-
-
-def idle_wait(now: float, oldest_enqueued: float, arrival_gap: float, max_wait_s: float) -> float:
-    """Seconds to wait for a batch to fill while the model is idle; 0 or less means run now.
-
-    Only dense traffic waits (the latest requests arrived closer together than `max_wait_s`), and
-    never past the oldest item's deadline, so a lone client is never held back.
-    """
-    if arrival_gap >= max_wait_s:
-        return 0.0
-    return oldest_enqueued + max_wait_s - now
-
-
-def choose_batch(
-    lengths: Sequence[int], max_batch_size: int, max_batch_tokens: int, max_padding_ratio: float
-) -> list[int]:
-    """Queue positions (oldest first) of the next batch: the oldest item and its nearest neighbours
-    in length, within the item cap, the token budget (items x longest) and the padding bound."""
-    if not lengths:
-        return []
-    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
-    lo = hi = order.index(0)
-    real = lengths[0]
-    while hi - lo + 1 < max_batch_size:
-        count, longest = hi - lo + 1, lengths[order[hi]]
-        # Padding each neighbour would add: a shorter one pads itself, a longer one pads everyone.
-        left_cost = longest - lengths[order[lo - 1]] if lo > 0 else math.inf
-        right_cost = count * (lengths[order[hi + 1]] - longest) if hi + 1 < len(order) else math.inf
-        if left_cost == right_cost == math.inf:
-            break
-        take_left = left_cost <= right_cost
-        added = lengths[order[lo - 1] if take_left else order[hi + 1]]
-        padded = (count + 1) * max(longest, added)
-        if padded > max_batch_tokens or 1.0 - (real + added) / padded > max_padding_ratio:
-            break
-        real += added
-        if take_left:
-            lo -= 1
-        else:
-            hi += 1
-    return sorted(order[lo : hi + 1])

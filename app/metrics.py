@@ -106,3 +106,22 @@ class Metrics:
             registry=r,
         )
         self.ready = Gauge(f"{PREFIX}_ready", "1 once the model is loaded and warmed up", registry=r)
+        self.prefix_tokens_saved = Counter(
+            f"{PREFIX}_prefix_tokens_saved",
+            "Prompt tokens not recomputed because another item in the batch shared the prefix",
+            ["member"],
+            registry=r,
+        )
+        self.shared_prefix_items = Counter(
+            f"{PREFIX}_shared_prefix_items",
+            "Items scored after a prefix that another item of the same batch shared",
+            ["member"],
+            registry=r,
+        )
+        self.prefix_group_size = Histogram(
+            f"{PREFIX}_prefix_group_size_items",
+            "Items per distinct prefix in a batch (split items only)",
+            ["member"],
+            buckets=SIZE_BUCKETS,
+            registry=r,
+        )

@@ -29,11 +29,13 @@ class RewardModelRunner:
         """The id batches are padded with."""
         return self.model.pad_id
 
-    def forward(self, sequences: Sequence[Sequence[int]]) -> list[float]:
+    def forward(
+        self, sequences: Sequence[Sequence[int]], prefix_lengths: Sequence[int] | None = None
+    ) -> list[float]:
         """Score a batch of token id lists; one float per sequence, in order."""
         try:
             with self.device_lock:
-                return self.model.forward(sequences)
+                return self.model.forward(sequences, prefix_lengths)
         except torch.OutOfMemoryError:
             if self.model.device.type == "cuda":
                 torch.cuda.empty_cache()  # so that the batcher's retry on half the batch has the memory back

@@ -163,8 +163,9 @@ class RewardService:
         member_futures: list[list[asyncio.Future[ItemResult]]] = []
         try:
             for member in self.members:
-                ids = [e.input_ids for e in encodings[member.model.encoding_key]]
-                member_futures.append(member.batcher.submit(ids))
+                encoded = encodings[member.model.encoding_key]
+                ids = [e.input_ids for e in encoded]
+                member_futures.append(member.batcher.submit(ids, member.model.prefix_lengths(encoded)))
         except Overloaded:
             for futures in member_futures:  # members that accepted must not compute for nothing
                 for future in futures:

@@ -86,6 +86,11 @@ class Settings(BaseSettings):
     uncertainty_coef: float | None = Field(
         default=None, ge=0.0, description="λ in mean_minus_std aggregation (default: the manifest's, else 1)."
     )
+    prefix_sharing: bool = Field(
+        default=True,
+        description="Decoder models: run a prompt shared by several items of a batch once, whichever "
+        "requests they came in. Rewards are the same either way (within 1e-4 in float32).",
+    )
     trust_remote_code: bool = Field(
         default=False, description="Allow checkpoints to run their own Python code. Off unless you trust it."
     )

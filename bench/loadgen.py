@@ -21,13 +21,19 @@ import numpy as np
 
 
 def load(
-    url: str, bodies: list[dict[str, Any]], concurrency: int, seconds: float, work: Path
+    url: str,
+    bodies: list[dict[str, Any]],
+    concurrency: int,
+    seconds: float,
+    work: Path,
+    max_requests: int = 100000,
 ) -> dict[str, float]:
     """Run the load generator in its own process and return its figures."""
     path = work / "bodies.json"
     path.write_text(json.dumps(bodies))
+    command = [sys.executable, "-m", "bench.loadgen", url, str(path), str(concurrency), str(seconds)]
     result = subprocess.run(
-        [sys.executable, "-m", "bench.loadgen", url, str(path), str(concurrency), str(seconds), "100000"],
+        [*command, str(max_requests)],
         capture_output=True,
         text=True,
         cwd=Path(__file__).resolve().parent.parent,
@@ -106,8 +112,9 @@ def main() -> None:
     with open(bodies_path, encoding="utf-8") as fh:
         payload = json.load(fh)
     bodies = [json.dumps(b).encode() for b in payload]
-    # Items per body: ours ("items", "responses"), vLLM /classify ("input"), infinity /rerank ("documents").
-    keys = ("items", "responses", "input", "documents")
+    # Items per body: ours ("items", "responses", OpenRLHF's "query"), vLLM /classify ("input"),
+    # infinity /rerank ("documents").
+    keys = ("items", "responses", "query", "input", "documents")
     sizes = [len(next((b[k] for k in keys if b.get(k)), [])) for b in payload]
     result = asyncio.run(run(url, bodies, sizes, int(concurrency), float(seconds), int(max_requests)))
     print(json.dumps(result))

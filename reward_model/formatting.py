@@ -24,6 +24,8 @@ class RewardInput:
 
     messages: tuple[tuple[str, str], ...] = ()
     text: str | None = None
+    prompt: str | None = None
+    """For `text`: the prompt it starts with, when the caller says (OpenRLHF's `prompts`)."""
 
     @classmethod
     def from_prompt_response(cls, prompt: str | Sequence[Mapping[str, str]], response: str) -> RewardInput:
@@ -40,9 +42,10 @@ class RewardInput:
         return cls(messages=tuple(pairs))
 
     @classmethod
-    def raw(cls, text: str) -> RewardInput:
-        """Text that is already fully formatted, scored as it is (the OpenRLHF protocol)."""
-        return cls(text=text)
+    def raw(cls, text: str, prompt: str | None = None) -> RewardInput:
+        """Text that is already fully formatted, scored as it is (the OpenRLHF protocol); `prompt`, if
+        given, is the part of it that is the prompt."""
+        return cls(text=text, prompt=prompt)
 
 
 def _as_pairs(messages: Sequence[Mapping[str, str]]) -> list[tuple[str, str]]:
@@ -57,6 +60,9 @@ class EncodedInput:
     num_tokens: int
     """Tokens the item had before truncation, special tokens included."""
     truncated: bool
+    prompt_tokens: int | None = None
+    """How many leading ids are prompt alone: the tokens that end before the response starts (a token
+    that spans the boundary is the response's). None when the item does not know its prompt."""
 
 
 FormatType = Literal["auto", "chat_template", "plain"]
@@ -83,10 +89,13 @@ class InputFormatter:
         """`chat_template` or `plain`: what `auto` resolved to for this tokenizer."""
         return "chat_template" if self.use_chat_template else "plain"
 
-    def render(self, item: RewardInput) -> tuple[str, int]:
-        """Return the formatted text and the character offset where the scored response starts."""
+    def render(self, item: RewardInput) -> tuple[str, int | None]:
+        """Return the formatted text and the character offset where the scored response starts (None:
+        already formatted text whose prompt is not given)."""
         if item.text is not None:
-            return self._strip_padding(item.text), 0
+            text = self._strip_padding(item.text)
+            prompt = None if item.prompt is None else self._strip_padding(item.prompt)
+            return text, len(prompt) if prompt and text.startswith(prompt) else None
         if self.use_chat_template:
             return self._render_chat(item.messages)
         return render_plain(item.messages)
@@ -144,7 +153,9 @@ class InputFormatter:
         content = max(1, min(length, self.max_length) - len(self.prefix) - len(self.suffix))
         return self.prefix + (word or [0]) * content + self.suffix
 
-    def _fit(self, body: list[int], offsets: list[tuple[int, int]], response_start: int) -> EncodedInput:
+    def _fit(
+        self, body: list[int], offsets: list[tuple[int, int]], response_start: int | None
+    ) -> EncodedInput:
         prefix = self.prefix
         if body and self.bos_id is not None and body[0] == self.bos_id:
             # The text carries its own BOS (a chat template, or an OpenRLHF query). Never add a second,
@@ -153,21 +164,27 @@ class InputFormatter:
             if not prefix or prefix[-1] != self.bos_id:
                 prefix = [*prefix, self.bos_id]
         num_tokens = len(prefix) + len(body) + len(self.suffix)
+        if num_tokens == 0:
+            raise InvalidInput("an item has nothing to score: no text, and the model adds no special tokens")
+        start = response_start or 0
+        split = next((i for i, (_, end) in enumerate(offsets) if end > start), len(body))
+        known = None if response_start is None else len(prefix)
         if num_tokens <= self.max_length:
-            return EncodedInput(prefix + body + self.suffix, num_tokens, truncated=False)
+            prompt_tokens = None if known is None else known + split
+            return EncodedInput(prefix + body + self.suffix, num_tokens, False, prompt_tokens)
         if not self.truncate:
             raise InputTooLong(
                 f"an item has {num_tokens} tokens, over the limit of {self.max_length}, and truncation is off"
             )
         budget = self.max_length - len(prefix) - len(self.suffix)
-        split = next((i for i, (_, end) in enumerate(offsets) if end > response_start), len(body))
         prompt_ids, response_ids = body[:split], body[split:]
         if len(response_ids) >= budget:
-            kept = response_ids[len(response_ids) - budget :]
+            kept, kept_prompt = response_ids[len(response_ids) - budget :], 0
         else:
-            keep_prompt = budget - len(response_ids)
-            kept = prompt_ids[len(prompt_ids) - keep_prompt :] + response_ids
-        return EncodedInput(prefix + kept + self.suffix, num_tokens, truncated=True)
+            kept_prompt = min(len(prompt_ids), budget - len(response_ids))
+            kept = prompt_ids[len(prompt_ids) - kept_prompt :] + response_ids
+        prompt_tokens = None if known is None else known + kept_prompt
+        return EncodedInput(prefix + kept + self.suffix, num_tokens, True, prompt_tokens)
 
 
 def render_plain(messages: Sequence[tuple[str, str]]) -> tuple[str, int]:

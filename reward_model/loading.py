@@ -21,6 +21,7 @@ from reward_model.engines import EngineName, open_engine
 from reward_model.ensemble import Combiner
 from reward_model.errors import CheckpointError
 from reward_model.formatting import EncodedInput, InputFormatter, RewardInput
+from reward_model.prefix_sharing import split_points
 from reward_model.tensors import max_positions
 
 log = logging.getLogger(__name__)
@@ -39,6 +40,8 @@ class LoadOptions:
     """`torch.compile` the transformers engine (measured slower than eager on CPU here; see README)."""
     truncate: bool = True
     trust_remote_code: bool = False
+    prefix_sharing: bool = True
+    """Run a shared prompt once for all its responses, on engines and models that can."""
 
 
 def effective_max_length(
@@ -94,6 +97,12 @@ class ScoringModel:
             trust_remote_code=remote,
             compile=options.compile,
         )
+        self.shares_prefixes = options.prefix_sharing and self.engine.shares_prefixes
+        self.prefix_sharing_note = (
+            "off by the prefix_sharing setting"
+            if self.engine.shares_prefixes and not options.prefix_sharing
+            else self.engine.prefix_sharing_note
+        )
         self.weights_sha256 = weights_sha256(self.checkpoint)
         self.encoding_key = encoding_key(self.tokenizer, self.formatter)
         """Equal for members whose tokenizer, format and limits produce identical input ids. Computed
@@ -131,9 +140,17 @@ class ScoringModel:
         """Format, tokenize and truncate items for this model."""
         return self.formatter.encode(items)
 
-    def forward(self, sequences: Sequence[Sequence[int]]) -> list[float]:
+    def forward(
+        self, sequences: Sequence[Sequence[int]], prefix_lengths: Sequence[int] | None = None
+    ) -> list[float]:
         """Raw rewards of a batch of token id lists, one float per sequence, in order."""
-        return self.engine.forward(sequences)
+        return self.engine.forward(sequences, prefix_lengths if self.shares_prefixes else None)
+
+    def prefix_lengths(self, encoded: Sequence[EncodedInput]) -> list[int]:
+        """Where each item splits for prefix sharing (`prefix_sharing.split_points`); 0: not split."""
+        if not self.shares_prefixes:
+            return [0] * len(encoded)
+        return split_points(encoded)
 
     def score_sequences(
         self, sequences: Sequence[Sequence[int]], max_batch_tokens: int = 8192

@@ -5,11 +5,12 @@ Every test module takes its helpers from here; fixtures live in `conftest.py`.
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +42,14 @@ ITEMS = [
     ),
 ]
 """Service-level items: prompt strings, a long prompt, and a conversation with a system turn."""
+
+
+async def until(condition: Callable[[], bool], what: str) -> None:
+    """Wait (bounded) for a condition the server reaches on its own."""
+    deadline = time.monotonic() + 30
+    while not condition():
+        assert time.monotonic() < deadline, f"never happened: {what}"
+        await asyncio.sleep(0.01)
 
 
 def hh_items(count: int) -> list[dict[str, object]]:

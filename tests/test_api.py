@@ -45,8 +45,9 @@ GOOD = {"prompt": "hi", "response": "hello"}
             "items.0.prompt_response.response: Input should be a valid string",
         ),
         (
-            {"items": [{"prompt": "hi", "response": ""}]},
-            "items.0.prompt_response.response: String should have at least 1 character",
+            {"items": [{"prompt": "", "response": "an empty prompt is not a prompt"}]},
+            "items.0.prompt_response.prompt.constrained-str: String should have at least 1 character; "
+            "items.0.prompt_response.prompt.list[Message]: Input should be a valid list",
         ),
         ({"items": [{"prompt": "hi"}]}, "items.0.prompt_response.response: Field required"),
         (

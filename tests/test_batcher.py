@@ -10,7 +10,8 @@ from collections.abc import Sequence
 
 import pytest
 
-from app.batcher import DynamicBatcher, choose_batch, idle_wait, is_full
+from app.batch_policy import Waiting, add_prefix_groups, batch_cost, choose_batch, idle_wait, is_full
+from app.batcher import DynamicBatcher
 from app.errors import NotReady, Overloaded
 from reward_model.errors import InferenceFailed, NonFiniteReward
 
@@ -27,7 +28,7 @@ class FakeRunner:
         if not hold:
             self.gate.set()
 
-    def forward(self, sequences: Sequence[Sequence[int]]) -> list[float]:
+    def forward(self, sequences: Sequence[Sequence[int]], prefix_lengths: Sequence[int]) -> list[float]:
         self.batches.append([list(s) for s in sequences])
         self.entered.set()
         assert self.gate.wait(timeout=10), "test never opened the gate"
@@ -317,3 +318,27 @@ async def test_stop_finishes_the_batch_in_the_model_and_fails_the_rest():
     assert in_model.result().reward == 1.0
     assert isinstance(picked.exception(), NotReady) and isinstance(queued.exception(), NotReady)
     assert runner.batches == [[[1]]]
+
+
+def test_batch_cost_counts_each_distinct_prefix_once():
+    whole = Waiting(10)
+    a1, a2 = Waiting(100, prefix=90, key="a"), Waiting(95, prefix=90, key="a")
+    b = Waiting(70, prefix=60, key="b")
+    assert batch_cost([whole]) == 10
+    assert batch_cost([a1, a2]) == 90 + 2 * 10  # the prefix once, suffixes padded to the longest
+    assert batch_cost([whole, a1, a2, b]) == 10 + 2 * 90 + 3 * 10  # prefixes padded to the longest
+
+
+def test_a_chosen_items_prefix_group_joins_the_batch_within_its_caps():
+    queue = [
+        Waiting(100, prefix=90, key="a"),
+        Waiting(40),
+        Waiting(105, prefix=90, key="a"),
+        Waiting(100, prefix=90, key="b"),
+        Waiting(101, prefix=90, key="a"),
+    ]
+    assert add_prefix_groups([0], queue, max_batch_size=8, max_batch_tokens=1000) == [0, 2, 4]
+    assert add_prefix_groups([0], queue, max_batch_size=2, max_batch_tokens=1000) == [0, 2]
+    # within 115 tokens: item 2 would cost 90 + 2 x 15 = 120 and stays out; item 4, 90 + 2 x 11 = 112
+    assert add_prefix_groups([0], queue, max_batch_size=8, max_batch_tokens=115) == [0, 4]
+    assert add_prefix_groups([1], queue, max_batch_size=8, max_batch_tokens=1000) == [1]  # no prefix

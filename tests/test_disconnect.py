@@ -9,8 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import ClassVar
 
@@ -21,6 +20,7 @@ from app.runner import RewardModelRunner
 from app.server import create_app
 from app.service import RewardService
 from app.settings import Settings
+from tests.helpers import until
 
 
 class GatedRunner(RewardModelRunner):
@@ -30,23 +30,17 @@ class GatedRunner(RewardModelRunner):
     gate = threading.Event()
     batches: ClassVar[list[int]] = []
 
-    def forward(self, sequences: Sequence[Sequence[int]]) -> list[float]:
+    def forward(
+        self, sequences: Sequence[Sequence[int]], prefix_lengths: Sequence[int] | None = None
+    ) -> list[float]:
         type(self).batches.append(len(sequences))
         type(self).entered.set()
         assert type(self).gate.wait(timeout=60), "the test never opened the gate"
-        return super().forward(sequences)
+        return super().forward(sequences, prefix_lengths)
 
 
 class GatedService(RewardService):
     runner_type = GatedRunner
-
-
-async def until(condition: Callable[[], bool], what: str) -> None:
-    """Wait (bounded) for a condition the server reaches on its own."""
-    deadline = time.monotonic() + 30
-    while not condition():
-        assert time.monotonic() < deadline, f"never happened: {what}"
-        await asyncio.sleep(0.01)
 
 
 async def test_a_client_that_disconnects_has_its_queued_items_dropped(llama_dir: Path):

@@ -147,3 +147,49 @@ def test_a_trailing_pad_that_is_also_eos_is_kept():
     fmt = InputFormatter(tokenizer, input_format="auto", max_length=64)
     [encoded] = fmt.encode([RewardInput.raw("</s></s><s>hi</s>")])
     assert encoded.input_ids == tokenizer("<s>hi</s>", add_special_tokens=False)["input_ids"]
+
+
+def test_the_prompt_boundary_counts_the_tokens_before_the_response(llama_tok):
+    fmt = InputFormatter(llama_tok, input_format="plain", max_length=64)
+    item = RewardInput.from_prompt_response("how do I bake bread?", "mix flour and water")
+    [encoded] = fmt.encode([item])
+    text, start = fmt.render(item)
+    prompt_ids = llama_tok(text[:start], add_special_tokens=True)["input_ids"]
+    assert encoded.prompt_tokens == len(prompt_ids)  # BOS and the prompt, up to "Assistant:"
+    assert encoded.input_ids[: encoded.prompt_tokens] == prompt_ids
+
+
+def test_truncation_keeps_the_prompt_boundary_on_the_kept_tokens(llama_tok):
+    fmt = InputFormatter(llama_tok, input_format="plain", max_length=24)
+    item = RewardInput.from_prompt_response("what is two plus two? " * 6, "four")
+    [encoded] = fmt.encode([item])
+    [whole] = InputFormatter(llama_tok, input_format="plain", max_length=512).encode([item])
+    assert encoded.truncated and encoded.prompt_tokens is not None and whole.prompt_tokens is not None
+    response = len(whole.input_ids) - whole.prompt_tokens
+    assert encoded.prompt_tokens == 24 - response  # the kept prompt tokens, BOS included
+
+
+def test_raw_text_knows_its_prompt_only_when_given(llama_tok):
+    fmt = InputFormatter(llama_tok, input_format="plain", max_length=64)
+    prompt = "\n\nHuman: hi\n\nAssistant:"
+    items = [RewardInput.raw(prompt + " hello"), RewardInput.raw(prompt + " hello", prompt)]
+    unknown, known, mismatched = fmt.encode([*items, RewardInput.raw("x", prompt)])
+    assert unknown.prompt_tokens is None and mismatched.prompt_tokens is None
+    assert known.prompt_tokens == len(llama_tok(prompt)["input_ids"])
+
+
+def test_split_points_use_the_prompt_boundary_or_the_common_prefix_of_unknown_items():
+    from reward_model.formatting import EncodedInput
+    from reward_model.prefix_sharing import MIN_SHARED_PREFIX as M
+    from reward_model.prefix_sharing import split_points
+
+    def item(ids: list[int], prompt: int | None) -> EncodedInput:
+        return EncodedInput(ids, len(ids), False, prompt)
+
+    long = list(range(M + 10))
+    assert split_points([item(long, M + 2)]) == [M + 2]  # known: its own boundary, alone or not
+    assert split_points([item(long, M - 1)]) == [0]  # too short to be worth a pass of its own
+    assert split_points([item(long, len(long))]) == [len(long) - 1]  # one token stays to read
+    unknown = [item([*long, 1, 2], None), item([*long, 3], None)]
+    assert split_points(unknown) == [len(long), len(long)]
+    assert split_points(unknown[:1]) == [0]  # nothing to share with

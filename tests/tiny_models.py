@@ -1,4 +1,4 @@
-"""Tiny real models for tests: BERT-style and Llama-style, with tokenizers trained on the spot.
+"""Tiny real models for tests: BERT-, Llama- and Qwen-style, with tokenizers trained on the spot.
 
 Nothing is downloaded. The weights are random but real: they go through the same transformers code
 paths as a production reward model.
@@ -15,6 +15,7 @@ from transformers import (
     BertConfig,
     LlamaConfig,
     PreTrainedTokenizerFast,
+    Qwen2Config,
 )
 
 from reward_model.checkpoint import RewardMetadata, save_metadata
@@ -34,6 +35,12 @@ LLAMA_CHAT_TEMPLATE = (
     "{{ bos_token }}{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}{{ eos_token }}{% endfor %}"
     "{% if add_generation_prompt %}<|assistant|>{% endif %}"
 )
+
+QWEN_CHAT_TEMPLATE = (
+    "{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}{{ eos_token }}\n{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
+)
+"""ChatML-shaped: no BOS, a newline after each role tag and after each turn's end."""
 
 
 def bert_tokenizer() -> PreTrainedTokenizerFast:
@@ -131,6 +138,25 @@ def save_llama(
         pad_token_id=tokenizer.pad_token_id,
     )
     return _save(path, config, tokenizer, seed, max_length, metadata)
+
+
+def save_qwen(path: Path, *, seed: int = 0, max_length: int = 128, head_dim: int = 8) -> Path:
+    """A 2-layer Qwen2 reward model (biased q/k/v projections, last-token pooling), ChatML-style template."""
+    tokenizer = llama_tokenizer(chat_template=False)
+    tokenizer.chat_template = QWEN_CHAT_TEMPLATE
+    config = Qwen2Config(
+        vocab_size=len(tokenizer),
+        hidden_size=4 * head_dim,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=512,
+        num_labels=1,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.eos_token_id,
+    )
+    return _save(path, config, tokenizer, seed, max_length, {})
 
 
 def _save(

@@ -6,6 +6,7 @@ from fastapi import APIRouter, Request, Response
 
 from app.api.deps import ReadyService, timing_headers, until_disconnected
 from app.api.protocol import GetRewardRequest, GetRewardResponse
+from reward_model.errors import InvalidInput
 from reward_model.formatting import RewardInput
 
 router = APIRouter(tags=["openrlhf"])
@@ -15,9 +16,18 @@ router = APIRouter(tags=["openrlhf"])
 async def get_reward(
     body: GetRewardRequest, request: Request, response: Response, service: ReadyService
 ) -> GetRewardResponse:
-    """Each query is already fully formatted and is scored as it is; `prompts` and `labels` are ignored."""
+    """Each query is already fully formatted and is scored as it is; `labels` are ignored.
+
+    `prompts`, when given, name the prompt each query starts with: decoder models then run a prompt
+    shared by several queries once, across requests too. Without them, queries of one request share
+    their longest common token prefix."""
+    if not body.query:  # OpenRLHF's multi-URL split sends empty shards to the extra servers
+        return GetRewardResponse(rewards=[], scores=[], extra_logs={})
     service.check_count(len(body.query))
-    items = [RewardInput.raw(q) for q in body.query]
+    if body.prompts is not None and len(body.prompts) != len(body.query):
+        raise InvalidInput(f"{len(body.prompts)} prompts for {len(body.query)} queries: give one per query")
+    prompts: list[str | None] = list(body.prompts) if body.prompts else [None] * len(body.query)
+    items = [RewardInput.raw(q, p) for q, p in zip(body.query, prompts, strict=True)]
     outcome = await until_disconnected(request, service.score(items))
     timing_headers(response, outcome)
     rewards = outcome.rewards

@@ -9,6 +9,9 @@ from pydantic import BaseModel, ConfigDict, Discriminator, Field, StrictStr, Tag
 from reward_model.checkpoint import Aggregation
 
 Text = Annotated[StrictStr, Field(min_length=1)]
+"""Non-empty: roles and prompt strings."""
+Content = StrictStr
+"""May be empty: a policy can generate an empty response, and it gets a reward like any other."""
 
 
 class Strict(BaseModel):
@@ -21,7 +24,7 @@ class Message(Strict):
     """One chat turn."""
 
     role: Text
-    content: Text
+    content: Content
 
 
 Prompt = Annotated[Text | Annotated[list[Message], Field(min_length=1)], Field(union_mode="left_to_right")]
@@ -31,7 +34,7 @@ class PromptResponseItem(Strict):
     """A prompt (a string, or chat messages) and the response to score."""
 
     prompt: Prompt
-    response: Text
+    response: Content
 
 
 class MessagesItem(Strict):
@@ -106,8 +109,8 @@ class CompareRequest(ScoringOptions):
     """Compare two responses to one prompt."""
 
     prompt: Prompt
-    response_a: Text
-    response_b: Text
+    response_a: Content
+    response_b: Content
 
     model_config = ConfigDict(
         extra="forbid",
@@ -139,7 +142,7 @@ class BestOfNRequest(ScoringOptions):
     """Rank N candidate responses to one prompt."""
 
     prompt: Prompt
-    responses: list[Text] = Field(min_length=1)
+    responses: list[Content] = Field(min_length=1)
     top_k: int | None = Field(default=None, ge=1, description="Return only the best k indices in `ranking`.")
 
     model_config = ConfigDict(
@@ -163,9 +166,10 @@ class BestOfNResponse(BaseModel):
 
 
 class GetRewardRequest(Strict):
-    """OpenRLHF remote reward model protocol: fully formatted query strings, scored as they are."""
+    """OpenRLHF remote reward model protocol: fully formatted query strings, scored as they are. An empty
+    `query` list gets empty lists back (OpenRLHF sends one to each extra server of a multi-URL split)."""
 
-    query: list[Text] = Field(min_length=1)
+    query: list[Content]
     prompts: list[StrictStr] | None = None
     labels: list[Any] | None = None
 
@@ -183,6 +187,59 @@ class GetRewardResponse(BaseModel):
     extra_logs: dict[str, list[float]]
 
 
+class ClassifyRequest(Strict):
+    """vLLM's `/classify`: fully formatted texts (`input`), or one conversation (`messages`).
+
+    `model` is accepted whatever it names, so that a script written against a vLLM server runs
+    unchanged; vLLM's other request options are accepted and have no effect here."""
+
+    model: str | None = None
+    input: Content | list[Content] | None = None
+    messages: Annotated[list[Message], Field(min_length=1)] | None = None
+    use_activation: bool | None = Field(
+        default=None, description="false: the raw reward; else its sigmoid (vLLM's one-label default)."
+    )
+    user: str | None = None
+    priority: int | None = None
+    truncate_prompt_tokens: int | None = None
+    add_special_tokens: bool | None = None
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [{"input": ["\n\nHuman: Hi\n\nAssistant: Hello!"], "use_activation": False}]
+        },
+    )
+
+
+class ClassifyData(BaseModel):
+    """One classified input, in vLLM's shape."""
+
+    index: int
+    label: str
+    probs: list[float]
+    num_classes: int
+
+
+class ClassifyUsage(BaseModel):
+    """Token counts, in vLLM's shape."""
+
+    prompt_tokens: int
+    total_tokens: int
+    completion_tokens: int = 0
+
+
+class ClassifyResponse(BaseModel):
+    """vLLM's `/classify` response."""
+
+    id: str
+    object: Literal["list"] = "list"
+    created: int
+    model: str
+    data: list[ClassifyData]
+    usage: ClassifyUsage
+
+
 class MemberInfo(BaseModel):
     """One ensemble member as `/info` describes it."""
 
@@ -191,6 +248,10 @@ class MemberInfo(BaseModel):
     architecture: str
     engine: str = Field(description="transformers or vllm.")
     compiled: bool = Field(description="Whether the transformers engine runs torch.compile'd.")
+    prefix_sharing: bool = Field(
+        description="Whether a prompt shared by several items of a batch runs once for all of them."
+    )
+    prefix_sharing_note: str = Field(description="Why it does or does not: the model, the setting.")
     device: str
     dtype: str
     parameters: int

@@ -52,6 +52,8 @@ async def get_info(request: Request) -> InfoResponse:
                 architecture=m.model.architecture,
                 engine=m.model.engine.name,
                 compiled=m.model.engine.compiled,
+                prefix_sharing=m.model.shares_prefixes,
+                prefix_sharing_note=m.model.prefix_sharing_note,
                 device=str(m.model.device),
                 dtype=str(m.model.dtype).removeprefix("torch."),
                 parameters=m.model.num_parameters,

@@ -29,10 +29,19 @@ class RewardEngine(ABC):
     num_parameters: int
     compiled: bool = False
     """True when the engine runs a torch.compile'd graph."""
+    shares_prefixes: bool = False
+    """True when `forward` runs each distinct prefix of `prefix_lengths` once (decoders only)."""
+    prefix_sharing_note: str = "not supported by this engine"
+    """Why prefixes are or are not shared, for `/info`."""
 
     @abstractmethod
-    def forward(self, sequences: Sequence[Sequence[int]]) -> list[float]:
-        """Raw rewards, one float per sequence, in order; no activation."""
+    def forward(
+        self, sequences: Sequence[Sequence[int]], prefix_lengths: Sequence[int] | None = None
+    ) -> list[float]:
+        """Raw rewards, one float per sequence, in order; no activation.
+
+        `prefix_lengths[i]` > 0 splits sequence i there: an engine that `shares_prefixes` runs each
+        distinct prefix once for all the sequences that start with it. Others ignore it."""
 
     def close(self) -> None:
         """Free what the engine holds beyond Python objects (worker processes, caches)."""

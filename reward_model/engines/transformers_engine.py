@@ -20,7 +20,9 @@ from typing import Any
 import torch
 
 from reward_model.engines import RewardEngine
+from reward_model.engines.shared_prefix import shared_prefix_logits, supports_prefix_sharing
 from reward_model.errors import CheckpointError
+from reward_model.prefix_sharing import plan_split
 from reward_model.tensors import pad_batch, reward_logits
 
 log = logging.getLogger(__name__)
@@ -107,6 +109,12 @@ class TransformersEngine(RewardEngine):
         self.num_parameters = sum(p.numel() for p in model.parameters())
         model = model.to(device).eval()
         self.model = model
+        self.shares_prefixes = supports_prefix_sharing(model)
+        self.prefix_sharing_note = (
+            "decoder: each distinct prompt prefix runs once per batch"
+            if self.shares_prefixes
+            else "bidirectional or sliding-window attention: every item is encoded in full"
+        )
         self.compiled = compile
         self.packed_linears = 0
         if compile:
@@ -119,8 +127,29 @@ class TransformersEngine(RewardEngine):
             self._rewards = functools.partial(reward_logits, model)
 
     @torch.inference_mode()
-    def forward(self, sequences: Sequence[Sequence[int]]) -> list[float]:
-        """Right-pad, run, and read each reward at its own last real token (or the encoder's pooler)."""
+    def forward(
+        self, sequences: Sequence[Sequence[int]], prefix_lengths: Sequence[int] | None = None
+    ) -> list[float]:
+        """Right-pad, run, and read each reward at its own last real token (or the encoder's pooler).
+
+        Sequences with a prefix length run split (`prefix_sharing`) when the model can share; the rest
+        run as one plain padded batch."""
+        split = [i for i, n in enumerate(prefix_lengths or ()) if n > 0] if self.shares_prefixes else []
+        if not split:
+            return self._plain(sequences)
+        assert prefix_lengths is not None
+        rewards = [0.0] * len(sequences)
+        plain = sorted(set(range(len(sequences))) - set(split))
+        if plain:
+            for i, reward in zip(plain, self._plain([sequences[i] for i in plain]), strict=True):
+                rewards[i] = reward
+        plan = plan_split([sequences[i] for i in split], [prefix_lengths[i] for i in split])
+        shared = shared_prefix_logits(self.model, plan, self.pad_id, self.device)
+        for i, reward in zip(split, shared.float().cpu().tolist(), strict=True):
+            rewards[i] = float(reward)
+        return rewards
+
+    def _plain(self, sequences: Sequence[Sequence[int]]) -> list[float]:
         batch = pad_batch(sequences, self.pad_id)
         input_ids = batch.input_ids.to(self.device, non_blocking=True)
         attention_mask = batch.attention_mask.to(self.device, non_blocking=True)

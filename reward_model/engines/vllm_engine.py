@@ -60,6 +60,7 @@ class VllmEngine(RewardEngine):
     """`vllm.LLM(runner="pooling")` scoring token id lists with `classify`, no activation."""
 
     name = "vllm"
+    prefix_sharing_note = "vLLM's own prefix cache (on for decoder models)"
 
     def __init__(
         self,
@@ -96,8 +97,11 @@ class VllmEngine(RewardEngine):
         self.num_parameters = _count_parameters(checkpoint)
         log.debug("vLLM loaded %s (%s) as %s", checkpoint, self.architecture, dtype)
 
-    def forward(self, sequences: Sequence[Sequence[int]]) -> list[float]:
-        """Raw one-label logits of unpadded token id lists, in order."""
+    def forward(
+        self, sequences: Sequence[Sequence[int]], prefix_lengths: Sequence[int] | None = None
+    ) -> list[float]:
+        """Raw one-label logits of unpadded token id lists, in order; vLLM's own prefix cache shares
+        prompts of decoder models, so `prefix_lengths` is not needed."""
         prompts = [self._prompt(prompt_token_ids=list(s)) for s in sequences]
         outputs = self.llm.classify(prompts, use_tqdm=False)
         return [float(o.outputs.probs[0]) for o in outputs]
