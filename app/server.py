@@ -17,7 +17,7 @@ from pathlib import Path
 from fastapi import FastAPI
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.api import openrlhf, scoring, system
+from app.api import openrlhf, scoring, system, vllm_compat
 from app.api.errors import BodySizeLimit, install_error_handlers
 from app.metrics import Metrics
 from app.service import RewardService
@@ -133,6 +133,7 @@ def create_app(
     install_error_handlers(app)
     app.include_router(scoring.router)
     app.include_router(openrlhf.router)
+    app.include_router(vllm_compat.router)
     app.include_router(system.router)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(RequestMetrics, metrics=metrics)
