@@ -189,6 +189,7 @@ class DynamicBatcher:
                 # The next batch is picked; it runs the moment the model is free. Shielded so that
                 # stopping the loop never cancels a forward pass halfway.
                 await asyncio.shield(self._inflight)
+                self._picked = self._join_prefix_groups(self._picked)
             batch, self._picked = self._picked, []
             self._inflight = asyncio.create_task(self._run(batch)) if batch else None
 
@@ -226,6 +227,21 @@ class DynamicBatcher:
         self._pending = [e for i, e in enumerate(self._pending) if i not in chosen]
         self._update_depth()
         return batch
+
+    def _join_prefix_groups(self, picked: list[_Entry]) -> list[_Entry]:
+        """Items that arrived while the picked batch waited for the model, and share a prefix with it,
+        join it (a prompt's other samples, sent in requests of their own)."""
+        if not any(e.prefix for e in picked) or not self._pending:
+            return picked
+        queue = [e.waiting for e in picked] + [e.waiting for e in self._pending]
+        chosen = set(add_prefix_groups(range(len(picked)), queue, self.max_batch_size, self.max_batch_tokens))
+        joining = {i - len(picked) for i in chosen if i >= len(picked)}
+        if not joining:
+            return picked
+        joined = [e for i, e in enumerate(self._pending) if i in joining]
+        self._pending = [e for i, e in enumerate(self._pending) if i not in joining]
+        self._update_depth()
+        return picked + joined
 
     async def _run(self, entries: list[_Entry]) -> None:
         live = [e for e in entries if not e.future.done()]  # clients that left while it was queued

@@ -39,11 +39,13 @@ def make_items(model_dir: Path, prompts: int) -> list[dict[str, Any]]:
     words = " ".join(str(i["response"]) for i in hh_items(1500)).split()
 
     def cut(start: int, tokens: int) -> tuple[str, int]:
-        text, end = "", start
+        """About `tokens` tokens of words from `start` on (the word list wraps around)."""
+        count, text = 0, ""
         while len(tokenizer(text, add_special_tokens=False)["input_ids"]) < tokens:
-            text, end = " ".join(words[start : end + 64]), end + 64
+            count += 64
+            text = " ".join(words[(start + k) % len(words)] for k in range(count))
         ids = tokenizer(text, add_special_tokens=False)["input_ids"][:tokens]
-        return tokenizer.decode(ids).strip(), end
+        return tokenizer.decode(ids).strip(), start + count
 
     items, position = [], 0
     for _ in range(prompts):
@@ -145,7 +147,13 @@ def main() -> None:
     parser.add_argument("--model", default=None)
     parser.add_argument("--output", default="bench-results")
     parser.add_argument("--seconds", type=float, default=30.0)
-    parser.add_argument("--prompts", type=int, default=8)
+    parser.add_argument(
+        "--prompts",
+        type=int,
+        default=64,
+        help="distinct prompts; enough that none comes back during a run, as in a GRPO step "
+        "(a prompt sent again would find vLLM's prefix cache still warm from its last visit)",
+    )
     parser.add_argument("--peers", default="vllm", help="'vllm' or 'none'")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench-shared-"))

@@ -14,6 +14,7 @@ from app.batch_policy import Waiting, add_prefix_groups, batch_cost, choose_batc
 from app.batcher import DynamicBatcher
 from app.errors import NotReady, Overloaded
 from reward_model.errors import InferenceFailed, NonFiniteReward
+from tests.helpers import until
 
 FAIL_TOKEN, NAN_TOKEN = 99, 77
 
@@ -342,3 +343,25 @@ def test_a_chosen_items_prefix_group_joins_the_batch_within_its_caps():
     # within 115 tokens: item 2 would cost 90 + 2 x 15 = 120 and stays out; item 4, 90 + 2 x 11 = 112
     assert add_prefix_groups([0], queue, max_batch_size=8, max_batch_tokens=115) == [0, 4]
     assert add_prefix_groups([1], queue, max_batch_size=8, max_batch_tokens=1000) == [1]  # no prefix
+
+
+async def test_a_prompts_sample_that_arrives_while_its_batch_waits_joins_it():
+    runner = FakeRunner(hold=True)
+    batcher = DynamicBatcher(runner, max_batch_size=8, max_batch_tokens=48, max_wait_s=0.0)
+    a, b = [5] * 16, [6] * 16  # two prompts of 16 tokens
+    a1, b1, a2, c = [*a, 1, 2], [*b, 1, 2], [*a, 3, 4, 5], [7] * 20
+
+    async def body():
+        blocker = batcher.submit([[0]])
+        await runner.wait_entered()
+        # 3 x 20 >= 48 tokens: a batch is full, so [a1, b1] is picked now, while the model is busy;
+        # c (20 tokens more) would break the budget and waits.
+        first = batcher.submit([a1, b1, c], [16, 16, 0])
+        await until(lambda: batcher.queue_depth == 1, "[a1, b1] picked, c waiting")
+        late = batcher.submit([a2], [16])  # a's second sample, in a request of its own
+        runner.gate.set()
+        await asyncio.gather(*blocker, *first, *late)
+
+    await run_with(batcher, body())
+    # a2 joined a1's batch at the moment the model freed: the prompt once, three suffixes (41 tokens)
+    assert runner.batches == [[[0]], [a1, b1, a2], [c]]
