@@ -9,17 +9,20 @@ import asyncio
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import httpx
 import torch
 from transformers import AutoModelForSequenceClassification
 
 from app.metrics import Metrics
+from app.runner import RewardModelRunner
 from app.service import RewardService
 from app.settings import Settings
 from reward_model.formatting import RewardInput
@@ -50,6 +53,33 @@ async def until(condition: Callable[[], bool], what: str) -> None:
     while not condition():
         assert time.monotonic() < deadline, f"never happened: {what}"
         await asyncio.sleep(0.01)
+
+
+class GatedRunner(RewardModelRunner):
+    """The real model behind a gate: each forward pass records its batch's prefix lengths (one per
+    item), then waits until the test opens the gate. Call `reset()` first."""
+
+    entered = threading.Event()
+    gate = threading.Event()
+    batches: ClassVar[list[list[int]]] = []
+
+    @classmethod
+    def reset(cls) -> None:
+        cls.entered.clear()
+        cls.gate.clear()
+        cls.batches.clear()
+
+    def forward(
+        self, sequences: Sequence[Sequence[int]], prefix_lengths: Sequence[int] | None = None
+    ) -> list[float]:
+        type(self).batches.append(list(prefix_lengths or [0] * len(sequences)))
+        type(self).entered.set()
+        assert type(self).gate.wait(timeout=60), "the test never opened the gate"
+        return super().forward(sequences, prefix_lengths)
+
+
+class GatedService(RewardService):
+    runner_type = GatedRunner
 
 
 def hh_items(count: int) -> list[dict[str, object]]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -161,7 +162,9 @@ def test_the_client_installs_and_imports_without_torch(tmp_path: Path):
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
     python = venv / "bin" / "python"
-    client_dir = Path(__file__).resolve().parent.parent / "client"
+    source = Path(__file__).resolve().parent.parent / "client"
+    client_dir = tmp_path / "client"  # a copy: building in the checkout would leave build/ behind
+    shutil.copytree(source, client_dir, ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__"))
     subprocess.run([python, "-m", "pip", "install", "--quiet", str(client_dir)], check=True, timeout=600)
     modules = "('torch', 'transformers', 'fastapi', 'app')"
     probe = f"import sys, reward_client; print(sorted(m for m in {modules} if m in sys.modules))"

@@ -8,39 +8,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import threading
-from collections.abc import Sequence
 from pathlib import Path
-from typing import ClassVar
 
 import httpx
 import uvicorn
 
-from app.runner import RewardModelRunner
 from app.server import create_app
 from app.service import RewardService
 from app.settings import Settings
-from tests.helpers import until
-
-
-class GatedRunner(RewardModelRunner):
-    """The real model behind a gate: each forward pass records its batch, then waits for the test."""
-
-    entered = threading.Event()
-    gate = threading.Event()
-    batches: ClassVar[list[int]] = []
-
-    def forward(
-        self, sequences: Sequence[Sequence[int]], prefix_lengths: Sequence[int] | None = None
-    ) -> list[float]:
-        type(self).batches.append(len(sequences))
-        type(self).entered.set()
-        assert type(self).gate.wait(timeout=60), "the test never opened the gate"
-        return super().forward(sequences, prefix_lengths)
-
-
-class GatedService(RewardService):
-    runner_type = GatedRunner
+from tests.helpers import GatedRunner, GatedService, until
 
 
 async def test_a_client_that_disconnects_has_its_queued_items_dropped(llama_dir: Path):
@@ -48,6 +24,7 @@ async def test_a_client_that_disconnects_has_its_queued_items_dropped(llama_dir:
     app = create_app(settings, service_type=GatedService)
     service: RewardService = app.state.service
     config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on")
+    GatedRunner.reset()
     server = uvicorn.Server(config)
     sock = config.bind_socket()
     url = f"http://127.0.0.1:{sock.getsockname()[1]}"
@@ -73,7 +50,7 @@ async def test_a_client_that_disconnects_has_its_queued_items_dropped(llama_dir:
             still = await client.post("/score", json={"items": items[:2]})
         assert still.status_code == 200 and len(still.json()["rewards"]) == 2
         # Item 0, then the two new items: none of the 999 cancelled items reached the model.
-        assert GatedRunner.batches == [1, 1, 1]
+        assert [len(b) for b in GatedRunner.batches] == [1, 1, 1]
     finally:
         GatedRunner.gate.set()
         server.should_exit = True

@@ -110,21 +110,10 @@ def test_trl_grpo_trains_two_steps_on_the_servers_rewards(
     from transformers import LlamaConfig, LlamaForCausalLM
     from trl import GRPOConfig, GRPOTrainer
 
-    from tests.tiny_models import llama_tokenizer
+    from tests.tiny_models import decoder_config, llama_tokenizer
 
     tokenizer = llama_tokenizer(chat_template=True, pad_token=True)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=256,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
+    config = decoder_config(LlamaConfig, tokenizer, bos_token_id=tokenizer.bos_token_id)
     policy = LlamaForCausalLM(config)
     questions = [QUESTION, "what is two plus two?", "name a prime.", "say hi."]
     rows = [{"prompt": [{"role": "user", "content": q}] if conversational else q} for q in questions]

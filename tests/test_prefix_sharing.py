@@ -3,19 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-import threading
 from collections.abc import Sequence
 from pathlib import Path
-from typing import ClassVar
 
 import pytest
 
-from app.runner import RewardModelRunner
-from app.service import RewardService
 from reward_model.checkpoint import EnsembleManifest, EnsembleMember, save_manifest
 from reward_model.formatting import RewardInput
 from reward_model.prefix_sharing import MIN_SHARED_PREFIX
-from tests.helpers import direct_rewards, running, start_server, stop_server, until
+from tests.helpers import GatedRunner, GatedService, direct_rewards, running, start_server, stop_server, until
 from tests.tiny_models import save_bert, save_llama, save_qwen
 
 PROMPT = "Reward models score responses so that a policy can learn which answers people prefer. Why?"
@@ -127,44 +123,22 @@ def test_get_reward_with_and_without_prompts(llama_dir: Path, tmp_path: Path):
         assert rewards == pytest.approx(reference, abs=1e-4), key
 
 
-class HeldRunner(RewardModelRunner):
-    """The real model; the first forward pass waits at a gate, and every batch's splits are recorded."""
-
-    entered = threading.Event()
-    gate = threading.Event()
-    batches: ClassVar[list[list[int]]] = []
-
-    def forward(
-        self, sequences: Sequence[Sequence[int]], prefix_lengths: Sequence[int] | None = None
-    ) -> list[float]:
-        type(self).batches.append(list(prefix_lengths or []))
-        type(self).entered.set()
-        assert type(self).gate.wait(timeout=60), "the test never opened the gate"
-        return super().forward(sequences, prefix_lengths)
-
-
-class HeldService(RewardService):
-    runner_type = HeldRunner
-
-
 async def test_a_prompts_items_from_concurrent_requests_run_as_one_group(decoder_dir: Path):
     items = [RewardInput.from_prompt_response(PROMPT, r) for r in responses(9)]
-    HeldRunner.entered.clear()
-    HeldRunner.gate.clear()
-    HeldRunner.batches.clear()
-    async with running(decoder_dir, HeldService, max_wait_ms=0.0) as service:
+    GatedRunner.reset()
+    async with running(decoder_dir, GatedService, max_wait_ms=0.0) as service:
         first = asyncio.create_task(service.score(items[:1]))
-        assert await asyncio.to_thread(HeldRunner.entered.wait, 60)
+        assert await asyncio.to_thread(GatedRunner.entered.wait, 60)
         rest = [asyncio.create_task(service.score([item])) for item in items[1:]]
         batcher = service.members[0].batcher
         await until(lambda: batcher.queue_depth == len(rest), "every request queued behind the gate")
-        HeldRunner.gate.set()
+        GatedRunner.gate.set()
         rewards = [(await first).rewards[0]] + [(await task).rewards[0] for task in rest]
         metrics, name = service.metrics, service.members[0].name
-    assert [len(b) for b in HeldRunner.batches] == [1, 8]  # eight separate requests, one batch
-    assert len(set(HeldRunner.batches[1])) == 1 and HeldRunner.batches[1][0] >= MIN_SHARED_PREFIX
+    assert [len(b) for b in GatedRunner.batches] == [1, 8]  # eight separate requests, one batch
+    assert len(set(GatedRunner.batches[1])) == 1 and GatedRunner.batches[1][0] >= MIN_SHARED_PREFIX
     saved = metrics.prefix_tokens_saved.labels(name)._value.get()
-    assert saved == 7 * HeldRunner.batches[1][0]
+    assert saved == 7 * GatedRunner.batches[1][0]
     assert rewards == pytest.approx(await scored(decoder_dir, items, sharing=False), abs=1e-4)
 
 

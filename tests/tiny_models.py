@@ -7,6 +7,7 @@ paths as a production reward model.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
@@ -124,19 +125,7 @@ def save_llama(
 ) -> Path:
     """A 2-layer Llama reward model (last-token pooling), byte-level BPE tokenizer (vLLM: head_dim >= 32)."""
     tokenizer = llama_tokenizer(chat_template=chat_template, pad_token=pad_token)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=4 * head_dim,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=512,
-        num_labels=1,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
+    config = decoder_config(LlamaConfig, tokenizer, head_dim, bos_token_id=tokenizer.bos_token_id)
     return _save(path, config, tokenizer, seed, max_length, metadata)
 
 
@@ -144,19 +133,27 @@ def save_qwen(path: Path, *, seed: int = 0, max_length: int = 128, head_dim: int
     """A 2-layer Qwen2 reward model (biased q/k/v projections, last-token pooling), ChatML-style template."""
     tokenizer = llama_tokenizer(chat_template=False)
     tokenizer.chat_template = QWEN_CHAT_TEMPLATE
-    config = Qwen2Config(
-        vocab_size=len(tokenizer),
-        hidden_size=4 * head_dim,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=512,
-        num_labels=1,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.eos_token_id,
-    )
+    config = decoder_config(Qwen2Config, tokenizer, head_dim, pad_token_id=tokenizer.eos_token_id)
     return _save(path, config, tokenizer, seed, max_length, {})
+
+
+def decoder_config(
+    config_class: Any, tokenizer: PreTrainedTokenizerFast, head_dim: int = 8, **overrides: Any
+) -> Any:
+    """A 2-layer decoder config with 4 heads (2 key/value heads) over `tokenizer`; one label."""
+    fields = {
+        "vocab_size": len(tokenizer),
+        "hidden_size": 4 * head_dim,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "intermediate_size": 64,
+        "max_position_embeddings": 512,
+        "num_labels": 1,
+        "eos_token_id": tokenizer.eos_token_id,
+        "pad_token_id": tokenizer.pad_token_id,
+    }
+    return config_class(**{**fields, **overrides})
 
 
 def _save(

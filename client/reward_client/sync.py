@@ -31,7 +31,7 @@ class RewardClient:
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="reward-client", daemon=True)
         self._thread.start()
-        self._client = self._run(_make(urls, options))
+        self._client = self.run(_make(urls, options))
 
     def __enter__(self) -> RewardClient:
         return self
@@ -43,39 +43,45 @@ class RewardClient:
         """Close the connections and stop the client's thread."""
         if self._loop.is_closed():
             return
-        self._run(self._client.aclose())
+        self.run(self._client.aclose())
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join()
         self._loop.close()
 
-    def _run(self, coroutine: Coroutine[Any, Any, T]) -> T:
+    @property
+    def async_client(self) -> AsyncRewardClient:
+        """The async client underneath; use it only through `run`."""
+        return self._client
+
+    def run(self, coroutine: Coroutine[Any, Any, T]) -> T:
+        """Run a coroutine on the client's own event loop and wait for its result."""
         return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result()
 
     def score(self, items: Sequence[ItemLike], **options: Any) -> ScoreResult:
         """Rewards for `items`, in order."""
-        return self._run(self._client.score(items, **options))
+        return self.run(self._client.score(items, **options))
 
     def compare(self, prompt: Prompt, response_a: str, response_b: str, **options: Any) -> CompareResult:
         """Which of two responses the model prefers, and P(a better than b)."""
-        return self._run(self._client.compare(prompt, response_a, response_b, **options))
+        return self.run(self._client.compare(prompt, response_a, response_b, **options))
 
     def best_of_n(
         self, prompt: Prompt, responses: Sequence[str], top_k: int | None = None, **options: Any
     ) -> BestOfNResult:
         """The best response and the ranking, best first."""
-        return self._run(self._client.best_of_n(prompt, responses, top_k, **options))
+        return self.run(self._client.best_of_n(prompt, responses, top_k, **options))
 
     def get_reward(self, queries: Sequence[str], prompts: Sequence[str] | None = None) -> GetRewardResult:
         """OpenRLHF's protocol: rewards for fully formatted queries."""
-        return self._run(self._client.get_reward(queries, prompts))
+        return self.run(self._client.get_reward(queries, prompts))
 
     def info(self) -> ServerInfo:
         """`/info` of the least-loaded healthy server."""
-        return self._run(self._client.info())
+        return self.run(self._client.info())
 
     def health(self) -> dict[str, bool]:
         """Each server's readiness, checked now."""
-        return self._run(self._client.health())
+        return self.run(self._client.health())
 
 
 async def _make(urls: str | Sequence[str], options: dict[str, Any]) -> AsyncRewardClient:

@@ -17,7 +17,7 @@ passes it, as `<name>/latency_s` and `<name>/failures`.
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from typing import Any, Literal
 
 from reward_client.aio import AsyncRewardClient
@@ -25,7 +25,7 @@ from reward_client.errors import RewardClientError
 from reward_client.sync import RewardClient
 
 RewardFunction = Callable[..., list[float | None]]
-AsyncRewardFunction = Callable[..., Awaitable[list[float | None]]]
+AsyncRewardFunction = Callable[..., Coroutine[Any, Any, list[float | None]]]
 OnFailure = Literal["raise", "none"]
 
 
@@ -71,24 +71,14 @@ def async_reward_function(
     `AsyncRewardClient` (api_key, policy, max_concurrency). The client is made on first use, inside
     the event loop that runs it. `on_failure="none"` turns a call that failed on every server into
     `None` rewards (TRL then ignores those completions) instead of raising."""
-    state: dict[str, AsyncRewardClient] = {}
+    clients: list[AsyncRewardClient] = []
 
-    async def reward(prompts: Sequence[Any], completions: Sequence[Any], **kwargs: Any) -> list[float | None]:
-        if "client" not in state:
-            state["client"] = AsyncRewardClient(urls, **client_options)
-        started = time.perf_counter()
-        try:
-            result = await state["client"].score(to_items(prompts, completions))
-        except RewardClientError:
-            _log(kwargs, name, started, failed=True)
-            if on_failure == "none":
-                return [None] * len(completions)
-            raise
-        _log(kwargs, name, started, failed=False)
-        return list(result.rewards)
+    def client() -> AsyncRewardClient:
+        if not clients:
+            clients.append(AsyncRewardClient(urls, **client_options))
+        return clients[0]
 
-    reward.__name__ = reward.__qualname__ = name
-    return reward
+    return _scorer(client, name, on_failure)
 
 
 def reward_function(
@@ -98,13 +88,23 @@ def reward_function(
     on_failure: OnFailure = "raise",
     **client_options: Any,
 ) -> RewardFunction:
-    """The blocking twin of `async_reward_function`, for trainers that call reward functions directly."""
-    client = RewardClient(urls, **client_options)
+    """The blocking twin of `async_reward_function`, for trainers that call reward functions directly:
+    the same scorer, run on a `RewardClient`'s own event loop."""
+    sync_client = RewardClient(urls, **client_options)
+    score = _scorer(lambda: sync_client.async_client, name, on_failure)
 
     def reward(prompts: Sequence[Any], completions: Sequence[Any], **kwargs: Any) -> list[float | None]:
+        return sync_client.run(score(prompts, completions, **kwargs))
+
+    reward.__name__ = reward.__qualname__ = name
+    return reward
+
+
+def _scorer(client: Callable[[], AsyncRewardClient], name: str, on_failure: OnFailure) -> AsyncRewardFunction:
+    async def reward(prompts: Sequence[Any], completions: Sequence[Any], **kwargs: Any) -> list[float | None]:
         started = time.perf_counter()
         try:
-            result = client.score(to_items(prompts, completions))
+            result = await client().score(to_items(prompts, completions))
         except RewardClientError:
             _log(kwargs, name, started, failed=True)
             if on_failure == "none":
