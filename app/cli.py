@@ -29,6 +29,9 @@ def main(argv: list[str] | None = None) -> None:
         assert settings.model is not None
         read_layout(settings.model)  # the contract, checked without loading weights: fail in one line
         check_engine(settings.engine)
+        from app.api.auth import api_keys
+
+        api_keys(settings)  # an unreadable or empty key file fails here, in one line
     except RewardError as exc:
         print(f"reward-serve: error: {exc.message}", file=sys.stderr)
         raise SystemExit(2) from None

@@ -20,6 +20,18 @@ class Overloaded(RewardError):
     type = "overloaded"
 
 
+class Unauthorized(RewardError):
+    """No API key, or not one of the server's; the message never says which."""
+
+    type = "unauthorized"
+
+
+class ConfigurationError(RewardError):
+    """A setting the server cannot start with (an unreadable or empty API key file)."""
+
+    type = "configuration_error"
+
+
 class NotReady(RewardError):
     """The model is still loading or warming up, or the server is shutting down."""
 

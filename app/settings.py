@@ -5,9 +5,10 @@ Field descriptions are the `--help` text and the README's configuration table.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from reward_model.checkpoint import Aggregation
@@ -90,6 +91,19 @@ class Settings(BaseSettings):
         default=True,
         description="Decoder models: run a prompt shared by several items of a batch once, whichever "
         "requests they came in. Rewards are the same either way (within 1e-4 in float32).",
+    )
+    api_key_file: Path | None = Field(
+        default=None,
+        description="File of API keys, one a line (# comments skipped). With keys set, every endpoint "
+        "but the probes and the docs needs `Authorization: Bearer <key>`; else 401.",
+    )
+    api_keys: SecretStr | None = Field(
+        default=None,
+        description="API keys, comma-separated. Prefer the environment or --api-key-file: a flag shows "
+        "in the process list.",
+    )
+    auth_probes: bool = Field(
+        default=False, description="Put /health, /ready and /metrics behind the API key too."
     )
     trust_remote_code: bool = Field(
         default=False, description="Allow checkpoints to run their own Python code. Off unless you trust it."

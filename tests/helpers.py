@@ -6,6 +6,7 @@ Every test module takes its helpers from here; fixtures live in `conftest.py`.
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
 import subprocess
 import sys
@@ -133,14 +134,19 @@ class Server:
         return self.log_path.read_text(errors="replace")
 
 
-def start_server(model: Path, tmp: Path, *args: str, wait_ready: bool = True) -> Server:
-    """Start `reward-serve` on 127.0.0.1 and an ephemeral port; wait (bounded) for /ready."""
+def start_server(
+    model: Path, tmp: Path, *args: str, wait_ready: bool = True, env: dict[str, str] | None = None
+) -> Server:
+    """Start `reward-serve` on 127.0.0.1 and an ephemeral port; wait (bounded) for /ready.
+    `env` is added to this process's environment for the server."""
     port = free_port()
     log_path = tmp / f"serve-{port}.log"
     command = [sys.executable, "-m", "app", "--model", str(model), "--port", str(port)]
     command += ["--host", "127.0.0.1", "--log-level", "warning", *args]
     with log_path.open("wb") as log_file:
-        process = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT, cwd=REPO)
+        process = subprocess.Popen(
+            command, stdout=log_file, stderr=subprocess.STDOUT, cwd=REPO, env={**os.environ, **(env or {})}
+        )
     server = Server(process, f"http://127.0.0.1:{port}", log_path)
     if wait_ready:
         deadline = time.monotonic() + 120

@@ -13,7 +13,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.errors import NotReady, Overloaded, PayloadTooLarge
+from app.errors import NotReady, Overloaded, PayloadTooLarge, Unauthorized
 from reward_model.errors import CheckpointError, InferenceFailed, InvalidInput, RewardError
 
 log = logging.getLogger(__name__)
@@ -21,6 +21,7 @@ log = logging.getLogger(__name__)
 STATUS_BY_ERROR: dict[type[RewardError], int] = {
     InvalidInput: 422,
     PayloadTooLarge: 413,
+    Unauthorized: 401,
     Overloaded: 429,
     NotReady: 503,
     InferenceFailed: 500,
