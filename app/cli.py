@@ -27,7 +27,8 @@ def main(argv: list[str] | None = None) -> None:
 
             settings = settings.model_copy(update={"model": str(ensure_demo_model())})
         assert settings.model is not None
-        read_layout(settings.model)  # the contract, checked without loading weights: fail in one line
+        # the contract, checked without loading weights: fail in one line
+        read_layout(settings.model, allow_pickle=settings.allow_pickle)
         check_engine(settings.engine)
         from app.api.auth import api_keys
 

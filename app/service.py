@@ -96,7 +96,7 @@ class RewardService:
     def load(self, model_dir: Path) -> None:
         """Open every member (blocking; call in a thread). Raises CheckpointError on a broken contract."""
         self.model_id = self.settings.model_name or model_dir.resolve().name
-        layout = read_layout(model_dir, name=self.model_id)
+        layout = read_layout(model_dir, name=self.model_id, allow_pickle=self.settings.allow_pickle)
         s = self.settings
         self.combiner = Combiner.for_layout(
             layout, aggregation=s.aggregation, uncertainty_coef=s.uncertainty_coef

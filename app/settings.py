@@ -105,6 +105,11 @@ class Settings(BaseSettings):
     auth_probes: bool = Field(
         default=False, description="Put /health, /ready and /metrics behind the API key too."
     )
+    allow_pickle: bool = Field(
+        default=False,
+        description="Serve checkpoints whose only weights are pickle files (.bin), which can run code when "
+        "loaded. Off: such a checkpoint is refused at startup.",
+    )
     trust_remote_code: bool = Field(
         default=False, description="Allow checkpoints to run their own Python code. Off unless you trust it."
     )

@@ -149,8 +149,11 @@ def is_ensemble(directory: str | Path) -> bool:
     return (Path(directory) / ENSEMBLE_FILE).exists()
 
 
-def validate_checkpoint(checkpoint: str | Path) -> RewardMetadata:
-    """Check the contract cheaply (no weights loaded) and return the metadata; raise CheckpointError."""
+def validate_checkpoint(checkpoint: str | Path, *, allow_pickle: bool = False) -> RewardMetadata:
+    """Check the contract cheaply (no weights loaded) and return the metadata; raise CheckpointError.
+
+    Weights must be safetensors: pickle files (`.bin`) can run code when loaded, so a checkpoint that
+    has only those is refused unless `allow_pickle`."""
     root = Path(checkpoint)
     if not root.is_dir():
         raise CheckpointError(f"{root}: checkpoint directory does not exist")
@@ -167,6 +170,11 @@ def validate_checkpoint(checkpoint: str | Path) -> RewardMetadata:
     weights = weight_files(root)
     if not weights:
         raise CheckpointError(f"{root}: no weights (*.safetensors or pytorch_model*.bin)")
+    if weights[0].suffix != ".safetensors" and not allow_pickle:
+        raise CheckpointError(
+            f"{root}: only pickle weights ({weights[0].name}), which can run code when loaded; convert them "
+            "to safetensors, or pass --allow-pickle if you trust this checkpoint"
+        )
     return load_metadata(root)
 
 
@@ -208,7 +216,7 @@ class ModelLayout:
     """`None` for a single checkpoint, which is served as an ensemble of one."""
 
 
-def read_layout(directory: str | Path, *, name: str | None = None) -> ModelLayout:
+def read_layout(directory: str | Path, *, name: str | None = None, allow_pickle: bool = False) -> ModelLayout:
     """Validate a checkpoint or ensemble directory and name its members (unique names, in order)."""
     root = Path(directory)
     manifest = load_manifest(root) if is_ensemble(root) else None
@@ -222,5 +230,6 @@ def read_layout(directory: str | Path, *, name: str | None = None) -> ModelLayou
         seen[member_name] = seen.get(member_name, 0) + 1
         if seen[member_name] > 1:
             member_name = f"{member_name}-{seen[member_name]}"
-        members.append(MemberSpec(member_name, path, validate_checkpoint(path), entry.weight))
+        metadata = validate_checkpoint(path, allow_pickle=allow_pickle)
+        members.append(MemberSpec(member_name, path, metadata, entry.weight))
     return ModelLayout(root, tuple(members), manifest)

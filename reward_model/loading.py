@@ -42,6 +42,8 @@ class LoadOptions:
     trust_remote_code: bool = False
     prefix_sharing: bool = True
     """Run a shared prompt once for all its responses, on engines and models that can."""
+    allow_pickle: bool = False
+    """Accept checkpoints whose only weights are pickle files (they can run code when loaded)."""
 
 
 def effective_max_length(
@@ -207,7 +209,7 @@ class RewardModel:
 def open_reward_model(path: str | Path, options: LoadOptions | None = None, **overrides: Any) -> RewardModel:
     """Open a checkpoint or an ensemble directory for scoring, every member on its device."""
     options = options or LoadOptions()
-    layout = read_layout(path)
+    layout = read_layout(path, allow_pickle=options.allow_pickle)
     devices = member_devices(options.device, len(layout.members))
     members = [
         open_member(spec, options, device) for spec, device in zip(layout.members, devices, strict=True)

@@ -14,7 +14,7 @@ import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from reward_model.formatting import InputFormatter, RewardInput
-from tests.helpers import Server, direct_rewards, start_server, startup_error, stop_server
+from tests.helpers import ITEMS, Server, direct_rewards, running, start_server, startup_error, stop_server
 from tests.tiny_models import save_bert
 
 pytestmark = pytest.mark.slow
@@ -209,6 +209,12 @@ def bad_checkpoint(tmp_path: Path, breakage: str) -> Path:
             (model_dir / name).unlink()
     elif breakage == "reward_json":
         (model_dir / "reward.json").write_text('{"normalization": {"mean": 0, "std": -1}}')
+    elif breakage == "pickle":
+        from safetensors.torch import load_file
+
+        weights = model_dir / "model.safetensors"
+        torch.save(load_file(weights), model_dir / "pytorch_model.bin")
+        weights.unlink()
     return model_dir
 
 
@@ -218,7 +224,20 @@ def bad_checkpoint(tmp_path: Path, breakage: str) -> Path:
         ("num_labels", "num_labels is 2, a reward model must have num_labels == 1"),
         ("tokenizer", "no tokenizer files (tokenizer.json or tokenizer_config.json)"),
         ("reward_json", "reward.json: normalization.std: Input should be greater than 0"),
+        (
+            "pickle",
+            "only pickle weights (pytorch_model.bin), which can run code when loaded; convert them to "
+            "safetensors, or pass --allow-pickle if you trust this checkpoint",
+        ),
     ],
 )
 def test_a_broken_checkpoint_stops_startup_with_one_line(tmp_path: Path, breakage: str, message: str):
     assert message in startup_error(bad_checkpoint(tmp_path, breakage))
+
+
+async def test_pickle_weights_load_when_the_operator_allows_them(tmp_path: Path):
+    model_dir = bad_checkpoint(tmp_path, "pickle")
+    async with running(model_dir, allow_pickle=True) as service:
+        outcome = await service.score(ITEMS[:2])
+    ids = [e.input_ids for e in service.members[0].formatter.encode(ITEMS[:2])]
+    assert outcome.rewards == pytest.approx(direct_rewards(model_dir, ids), abs=1e-4)
