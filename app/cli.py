@@ -53,7 +53,7 @@ def serve(settings: Settings) -> None:
         port=settings.port,
         log_level="info" if debug else "warning",  # at info, our own lines say what happens
         access_log=debug,
-        timeout_graceful_shutdown=10,
+        timeout_graceful_shutdown=5,  # after the drain (DrainingServer), only idle connections remain
     )
     try:
         sock = config.bind_socket()  # bound once first, so that port 0 is known before the model loads
@@ -65,13 +65,15 @@ def serve(settings: Settings) -> None:
     config.port = sock.getsockname()[1]
     sock.close()
     settings = settings.model_copy(update={"port": config.port})
-    server = uvicorn.Server(config)
+    from app.shutdown import DrainingServer
+
+    server = DrainingServer(config, settings.drain_seconds)
 
     def on_fatal(message: str) -> None:
         failure.append(message)
         server.should_exit = True
 
-    config.app = create_app(settings, on_fatal=on_fatal)
+    config.app = server.app = create_app(settings, on_fatal=on_fatal)
     server.run()
     if failure:
         print(f"reward-serve: error: {failure[0]}", file=sys.stderr)

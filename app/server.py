@@ -29,12 +29,32 @@ from reward_model.errors import RewardError
 log = logging.getLogger(__name__)
 
 
-class RequestMetrics:
-    """ASGI middleware counting requests and their latency by route template and status."""
+class InFlight:
+    """Requests being answered right now; `idle` is set whenever there are none (the drain waits on it)."""
 
-    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+    def __init__(self) -> None:
+        self.count = 0
+        self.idle = asyncio.Event()
+        self.idle.set()
+
+    def enter(self) -> None:
+        self.count += 1
+        self.idle.clear()
+
+    def leave(self) -> None:
+        self.count -= 1
+        if self.count == 0:
+            self.idle.set()
+
+
+class RequestMetrics:
+    """ASGI middleware counting requests and their latency by route template and status, and the
+    requests in flight."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics, in_flight: InFlight) -> None:
         self.app = app
         self.metrics = metrics
+        self.in_flight = in_flight
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -42,6 +62,7 @@ class RequestMetrics:
             return
         started = time.perf_counter()
         status = 500
+        self.in_flight.enter()
 
         async def recording_send(message: Message) -> None:
             nonlocal status
@@ -52,6 +73,7 @@ class RequestMetrics:
         try:
             await self.app(scope, receive, recording_send)
         finally:
+            self.in_flight.leave()
             route = scope.get("route")
             endpoint = getattr(route, "path", "unmatched")
             self.metrics.requests.labels(endpoint, str(status)).inc()
@@ -131,6 +153,7 @@ def create_app(
     )
     app.state.service = service
     app.state.metrics = metrics
+    app.state.in_flight = InFlight()
     install_error_handlers(app)
     app.include_router(scoring.router)
     app.include_router(openrlhf.router)
@@ -140,5 +163,5 @@ def create_app(
     keys = api_keys(settings)
     if keys:  # outside the body limit: a request without a key is refused before its body is read
         app.add_middleware(RequireApiKey, keys=KeyRing(keys), protect_probes=settings.auth_probes)
-    app.add_middleware(RequestMetrics, metrics=metrics)
+    app.add_middleware(RequestMetrics, metrics=metrics, in_flight=app.state.in_flight)
     return app

@@ -89,6 +89,8 @@ class RewardService:
         self.combiner: Combiner | None = None
         self.model_id = ""
         self.ready = False
+        self.draining = False
+        """Set on SIGTERM: new requests get 503 while those already accepted finish."""
         self.load_error: str | None = None
 
     # -- lifecycle ------------------------------------------------------------------------------------
@@ -114,6 +116,12 @@ class RewardService:
             member.batcher.start()
         self.ready = True
         self.metrics.ready.set(1)
+
+    def start_draining(self) -> None:
+        """Take no new work (readiness and new requests get 503); what was accepted still finishes."""
+        self.draining = True
+        self.ready = False
+        self.metrics.ready.set(0)
 
     async def stop(self) -> None:
         """Stop every batcher; waiting items get a not-ready error."""

@@ -116,6 +116,12 @@ class Settings(BaseSettings):
     torch_threads: int | None = Field(
         default=None, ge=1, description="CPU threads for torch (default: torch's)."
     )
+    drain_seconds: float = Field(
+        default=30.0,
+        ge=0.0,
+        description="On SIGTERM: readiness and new requests get 503 at once, and requests already in "
+        "flight get up to this long to finish; then the process exits 0.",
+    )
     warmup: bool = Field(default=True, description="Run warm-up forward passes before /ready turns 200.")
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         default="info",

@@ -18,6 +18,8 @@ T = TypeVar("T")
 def get_service(request: Request) -> RewardService:
     """The app's service, or 503 while it is still loading."""
     service: RewardService = request.app.state.service
+    if service.draining:
+        raise NotReady("the server is shutting down; retry on another replica")
     if not service.ready:
         raise NotReady("the model is still loading; poll /ready")
     return service

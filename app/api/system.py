@@ -25,7 +25,11 @@ async def get_ready(request: Request) -> JSONResponse:
     service: RewardService = request.app.state.service
     if not service.ready:
         message = (
-            f"loading failed: {service.load_error}" if service.load_error else "the model is still loading"
+            "the server is shutting down"
+            if service.draining
+            else f"loading failed: {service.load_error}"
+            if service.load_error
+            else "the model is still loading"
         )
         return JSONResponse(error_body("not_ready", message), status_code=503, headers={"Retry-After": "5"})
     return JSONResponse({"status": "ready", "model": service.model_id})
