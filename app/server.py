@@ -15,6 +15,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.api import openrlhf, scoring, system, vllm_compat
@@ -164,4 +165,12 @@ def create_app(
     if keys:  # outside the body limit: a request without a key is refused before its body is read
         app.add_middleware(RequireApiKey, keys=KeyRing(keys), protect_probes=settings.auth_probes)
     app.add_middleware(RequestMetrics, metrics=metrics, in_flight=app.state.in_flight)
+    if settings.cors_origins:  # outermost: a browser's preflight carries no API key
+        origins = [o.strip() for o in settings.cors_origins.split(",") if o.strip()]
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=origins,
+            allow_methods=["GET", "POST"],
+            allow_headers=["Authorization", "Content-Type"],
+        )
     return app

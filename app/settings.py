@@ -110,6 +110,11 @@ class Settings(BaseSettings):
         description="Serve checkpoints whose only weights are pickle files (.bin), which can run code when "
         "loaded. Off: such a checkpoint is refused at startup.",
     )
+    cors_origins: str | None = Field(
+        default=None,
+        description="Origins allowed to call the API from a browser, comma-separated. Unset: CORS is off "
+        "and browsers refuse cross-origin calls.",
+    )
     trust_remote_code: bool = Field(
         default=False, description="Allow checkpoints to run their own Python code. Off unless you trust it."
     )

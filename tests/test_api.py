@@ -169,3 +169,18 @@ def test_openapi_documents_every_endpoint_with_examples(client: TestClient):
         assert path in schema["paths"], path
     for name in ("ScoreRequest", "CompareRequest", "BestOfNRequest", "GetRewardRequest"):
         assert schema["components"]["schemas"][name]["examples"], name
+
+
+@pytest.mark.parametrize("origins", [None, "https://app.example"])
+def test_cors_is_off_unless_origins_are_configured(llama_dir: Path, origins: str | None):
+    app = create_app(Settings(model=str(llama_dir), cors_origins=origins, api_keys="k"))
+    preflight = {"Origin": "https://app.example", "Access-Control-Request-Method": "POST"}
+    with TestClient(app) as browser:
+        allowed = browser.options("/score", headers=preflight)
+        other = browser.options("/score", headers={**preflight, "Origin": "https://evil.example"})
+    if origins is None:
+        assert "access-control-allow-origin" not in allowed.headers
+    else:
+        assert allowed.status_code == 200  # a preflight carries no API key and still passes
+        assert allowed.headers["access-control-allow-origin"] == "https://app.example"
+    assert "access-control-allow-origin" not in other.headers
