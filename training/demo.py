@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 from reward_model.checkpoint import ENSEMBLE_FILE
@@ -21,14 +23,31 @@ def demo_model_dir() -> Path:
     return Path(os.environ.get("REWARD_DEMO_DIR", default))
 
 
-def ensure_demo_model() -> Path:
-    """Return the demo checkpoint, training it from the bundled data first if it is missing."""
+def ensure_demo_model(train: Callable[[Path], object] | None = None) -> Path:
+    """Return the demo checkpoint, training it from the bundled data first if it is missing.
+
+    It is trained into a partial directory beside the target and renamed into place only when
+    complete, so a run stopped halfway (SIGINT, SIGKILL) never leaves a model that a later start would
+    serve; that later start clears what was left and trains again. `train` replaces the real training
+    (tests)."""
     target = demo_model_dir()
     if (target / ENSEMBLE_FILE).exists():
         return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    for leftover in [target, *target.parent.glob(f".{target.name}.partial-*")]:
+        if leftover.exists():  # an interrupted earlier run: never served, never reused
+            shutil.rmtree(leftover)
     log.info("no demo model in %s yet: training it on the bundled HH-RLHF sample (about 10 min)", target)
-    from training.presets import train_demo
+    partial = target.parent / f".{target.name}.partial-{os.getpid()}"
+    if train is None:
+        from training.presets import train_demo
 
-    train_demo(target)
+        train = train_demo
+    try:
+        train(partial)
+        os.replace(partial, target)
+    finally:
+        if partial.exists():
+            shutil.rmtree(partial)
     log.info("demo model ready in %s", target)
     return target
