@@ -167,13 +167,12 @@ class RewardService:
         combiner = self.scoring
         method = aggregation or combiner.aggregation
         normalized = combiner.normalizes(self.settings.normalize if normalize is None else normalize)
-        encodings = await self._encode(items)
+        encodings, splits = await self._encode(items)
         member_futures: list[list[asyncio.Future[ItemResult]]] = []
         try:
             for member in self.members:
-                encoded = encodings[member.model.encoding_key]
-                ids = [e.input_ids for e in encoded]
-                member_futures.append(member.batcher.submit(ids, member.model.prefix_lengths(encoded)))
+                ids = [e.input_ids for e in encodings[member.model.encoding_key]]
+                member_futures.append(member.batcher.submit(ids, splits[member.name]))
         except Overloaded:
             for futures in member_futures:  # members that accepted must not compute for nothing
                 for future in futures:
@@ -243,12 +242,23 @@ class RewardService:
         order = sorted(range(len(responses)), key=lambda i: (-outcome.items[i].reward, i))
         return Ranking(order, outcome)
 
-    async def _encode(self, items: Sequence[RewardInput]) -> dict[str, list[EncodedInput]]:
-        groups: dict[str, Member] = {}
+    async def _encode(
+        self, items: Sequence[RewardInput]
+    ) -> tuple[dict[str, list[EncodedInput]], dict[str, list[int]]]:
+        """Token ids per encoding key, and each member's prefix split points, all in worker threads:
+        neither tokenizing nor comparing token prefixes runs on the event loop."""
+        groups: dict[str, list[Member]] = {}
         for member in self.members:
-            groups.setdefault(member.model.encoding_key, member)
-        encoded = await asyncio.gather(*(asyncio.to_thread(m.model.encode, items) for m in groups.values()))
-        return dict(zip(groups, encoded, strict=True))
+            groups.setdefault(member.model.encoding_key, []).append(member)
+
+        def encode(members: list[Member]) -> tuple[list[EncodedInput], dict[str, list[int]]]:
+            encoded = members[0].model.encode(items)
+            return encoded, {m.name: m.model.prefix_lengths(encoded) for m in members}
+
+        results = await asyncio.gather(*(asyncio.to_thread(encode, ms) for ms in groups.values()))
+        encodings = {key: encoded for key, (encoded, _) in zip(groups, results, strict=True)}
+        splits = {name: points for _, member_splits in results for name, points in member_splits.items()}
+        return encodings, splits
 
     def _observe(self, scored: list[ScoredItem]) -> None:
         m = self.metrics
