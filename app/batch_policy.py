@@ -103,3 +103,38 @@ def add_prefix_groups(
             continue
         batch.append(i)
     return sorted(batch)
+
+
+class MemoryBackoff:
+    """The token budget in force after out-of-memory errors.
+
+    An out-of-memory error on a batch sets the budget to half of that batch's cost (never above what it
+    was); after `recover_after` batches in a row run clean, the budget doubles, up to the configured
+    one. So a memory spike (a long-context burst, another process on the GPU) costs a few smaller
+    batches, and the normal budget comes back by itself once memory allows it.
+    """
+
+    def __init__(self, max_batch_tokens: int, recover_after: int = 8) -> None:
+        self.normal = max_batch_tokens
+        self.current = max_batch_tokens
+        self.recover_after = recover_after
+        self._clean = 0
+
+    def out_of_memory(self, batch_cost: int) -> None:
+        self.current = max(1, min(self.current, batch_cost // 2))
+        self._clean = 0
+
+    def ran_clean(self) -> None:
+        if self.current >= self.normal:
+            return
+        self._clean += 1
+        if self._clean >= self.recover_after:
+            self.current, self._clean = min(self.normal, self.current * 2), 0
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    """torch's OutOfMemoryError (CUDA, XPU), Python's MemoryError (CPU allocations), or a backend's
+    RuntimeError that says so (MPS)."""
+    if isinstance(error, MemoryError) or any(c.__name__ == "OutOfMemoryError" for c in type(error).__mro__):
+        return True
+    return isinstance(error, RuntimeError) and "out of memory" in str(error).lower()

@@ -14,6 +14,7 @@ Contract (as in Ray Serve's batch queue, capped by tokens as in TEI):
 - items whose future was cancelled (the client went away) are dropped before compute;
 - the queue is bounded: `submit` raises `Overloaded` instead of growing;
 - a failing batch is split in halves and retried, so only items that fail on their own get an error;
+  an out-of-memory error also lowers the token budget until batches run clean again (`MemoryBackoff`);
 - `forward` returns exactly one reward per input, or the whole batch fails loudly.
 """
 
@@ -29,7 +30,16 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from app.batch_policy import Waiting, add_prefix_groups, batch_cost, choose_batch, idle_wait, is_full
+from app.batch_policy import (
+    MemoryBackoff,
+    Waiting,
+    add_prefix_groups,
+    batch_cost,
+    choose_batch,
+    idle_wait,
+    is_full,
+    is_out_of_memory,
+)
 from app.errors import NotReady, Overloaded
 from app.metrics import Metrics
 from reward_model.errors import InferenceFailed, NonFiniteReward
@@ -92,11 +102,12 @@ class DynamicBatcher:
         self.runner = runner
         self.name = name
         self.max_batch_size = max_batch_size
-        self.max_batch_tokens = max_batch_tokens
+        self.memory = MemoryBackoff(max_batch_tokens)
         self.max_wait_s = max_wait_s
         self.max_queue_items = max_queue_items
         self.max_padding_ratio = max_padding_ratio
         self.metrics = metrics or Metrics()
+        self.metrics.batch_token_limit.labels(name).set(max_batch_tokens)
         self._clock = clock
         self._sleep = sleep  # the clock and the timer are injected together, so tests control time
         self._pending: list[_Entry] = []
@@ -112,6 +123,11 @@ class DynamicBatcher:
         # Pass the thread that loaded and warmed the model up: on CPU, every thread that runs torch
         # keeps its own OpenMP team, and a second team makes every later forward pass slower.
         self._executor = executor or ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"model-{name}")
+
+    @property
+    def max_batch_tokens(self) -> int:
+        """The token budget in force: the configured one, or less after an out-of-memory error."""
+        return self.memory.current
 
     @property
     def queue_depth(self) -> int:
@@ -258,6 +274,10 @@ class DynamicBatcher:
             if len(rewards) != len(live):
                 raise RuntimeError(f"runner returned {len(rewards)} rewards for {len(live)} inputs")
         except Exception as exc:
+            if is_out_of_memory(exc):
+                self.memory.out_of_memory(padded)
+                self.metrics.out_of_memory.labels(self.name).inc()
+                self.metrics.batch_token_limit.labels(self.name).set(self.memory.current)
             if len(live) == 1:
                 log.warning("item failed on its own in %s: %r", self.name, exc)
                 if not live[0].future.done():
@@ -271,7 +291,9 @@ class DynamicBatcher:
             await self._run(live[middle:])
             return
         elapsed = self._clock() - started
+        self.memory.ran_clean()
         m, member = self.metrics, self.name
+        m.batch_token_limit.labels(member).set(self.memory.current)
         m.inference_duration.labels(member).observe(elapsed)
         m.batch_items.labels(member).observe(len(live))
         m.batch_tokens.labels(member).observe(padded)

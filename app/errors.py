@@ -36,3 +36,9 @@ class NotReady(RewardError):
     """The model is still loading or warming up, or the server is shutting down."""
 
     type = "not_ready"
+
+
+class UnsupportedMediaType(RewardError):
+    """A request body that is not JSON, or is compressed."""
+
+    type = "unsupported_media_type"

@@ -105,6 +105,18 @@ class Metrics:
             buckets=SPREAD_BUCKETS,
             registry=r,
         )
+        self.out_of_memory = Counter(
+            f"{PREFIX}_out_of_memory_total",
+            "Batches that ran out of memory (each is split and retried)",
+            ["member"],
+            registry=r,
+        )
+        self.batch_token_limit = Gauge(
+            f"{PREFIX}_batch_token_limit",
+            "Token budget of one forward pass in force: lowered after out-of-memory errors, restored after",
+            ["member"],
+            registry=r,
+        )
         self.ready = Gauge(f"{PREFIX}_ready", "1 once the model is loaded and warmed up", registry=r)
         self.prefix_tokens_saved = Counter(
             f"{PREFIX}_prefix_tokens_saved",

@@ -20,7 +20,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.api import openrlhf, scoring, system, vllm_compat
 from app.api.auth import KeyRing, RequireApiKey, api_keys
-from app.api.errors import BodySizeLimit, install_error_handlers
+from app.api.body import RequestBody
+from app.api.errors import install_error_handlers
 from app.metrics import Metrics
 from app.service import RewardService
 from app.settings import Settings
@@ -160,7 +161,7 @@ def create_app(
     app.include_router(openrlhf.router)
     app.include_router(vllm_compat.router)
     app.include_router(system.router)
-    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(RequestBody, max_bytes=settings.max_body_bytes)
     keys = api_keys(settings)
     if keys:  # outside the body limit: a request without a key is refused before its body is read
         app.add_middleware(RequireApiKey, keys=KeyRing(keys), protect_probes=settings.auth_probes)

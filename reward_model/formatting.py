@@ -3,6 +3,9 @@
 Training and serving both call `InputFormatter.encode`, so an item is tokenized identically in both.
 Truncation never cuts the end of the response, where a reward model reads its verdict: the prompt
 loses tokens from the left first, and only if the response alone is too long does its start go.
+Limits come before work: a prompt or response far longer than the limit could ever keep is cut to its
+last `WINDOW_CHARS_PER_TOKEN` characters per token of the limit before it is tokenized, so a 10 MB item
+costs what a long one does (see `_window`).
 This module imports neither FastAPI nor the trainer.
 """
 
@@ -13,6 +16,13 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from reward_model.errors import InputTooLong, InvalidInput
+
+WINDOW_CHARS_PER_TOKEN = 32
+"""A prompt or response over `max_length` times this many characters is cut to that many, from its end
+(where truncation keeps tokens), before tokenizing. English averages about 4 characters a token."""
+_WINDOW_MARGIN_TOKENS = 16
+"""A window is used only if it holds this many tokens more than truncation keeps from it: the first
+word of a window may tokenize differently from the same word in the whole text."""
 
 PLAIN_ROLE_NAMES = {"user": "Human", "assistant": "Assistant", "system": "System"}
 """The plain format is the HH-RLHF transcript format: `\\n\\nHuman: ...\\n\\nAssistant: ...`."""
@@ -58,7 +68,8 @@ class EncodedInput:
 
     input_ids: list[int]
     num_tokens: int
-    """Tokens the item had before truncation, special tokens included."""
+    """Tokens the item had before truncation, special tokens included; for an item cut to its window
+    before tokenizing (`WINDOW_CHARS_PER_TOKEN`), the window's tokens: a lower bound."""
     truncated: bool
     prompt_tokens: int | None = None
     """How many leading ids are prompt alone: the tokens that end before the response starts (a token
@@ -133,19 +144,51 @@ class InputFormatter:
     def encode(self, items: Sequence[RewardInput]) -> list[EncodedInput]:
         """Format, tokenize and truncate items; the only way text becomes model input in this project."""
         rendered = [self.render(item) for item in items]
+        windows = [self._window(text, start) for text, start in rendered]
+        tokenized = self._tokenize([text for text, _ in windows])
+        encoded = []
+        for (ids, offsets), window, whole in zip(tokenized, windows, rendered, strict=True):
+            cut = window != whole
+            if cut and not self._window_suffices(offsets, window, whole):
+                (ids, offsets), window, cut = self._tokenize([whole[0]])[0], whole, False
+            encoded.append(self._fit(ids, offsets, window[1], cut))
+        return encoded
+
+    def _tokenize(self, texts: list[str]) -> list[tuple[list[int], list[tuple[int, int]]]]:
         batch = self.tokenizer(
-            [text for text, _ in rendered],
+            texts,
             add_special_tokens=False,
             return_offsets_mapping=True,
             return_attention_mask=False,
             verbose=False,  # over-long texts are expected: `_fit` truncates them right after
         )
-        return [
-            self._fit(ids, offsets, start)
-            for ids, offsets, (_, start) in zip(
-                batch["input_ids"], batch["offset_mapping"], rendered, strict=True
-            )
-        ]
+        return list(zip(batch["input_ids"], batch["offset_mapping"], strict=True))
+
+    def _window(self, text: str, response_start: int | None) -> tuple[str, int | None]:
+        """Cut the prompt and the response to their last `max_length x WINDOW_CHARS_PER_TOKEN`
+        characters, starting at a whitespace character where one is near; keep a leading BOS."""
+        width = self.max_length * WINDOW_CHARS_PER_TOKEN
+        start = response_start or 0
+        prompt, response = text[:start], text[start:]
+        if len(prompt) <= width and len(response) <= width:
+            return text, response_start
+        bos = getattr(self.tokenizer, "bos_token", None) or ""
+        head = bos if bos and prompt.startswith(bos) and len(prompt) > width else ""
+        prompt = head + _last_chars(prompt, width)
+        return prompt + _last_chars(response, width), None if response_start is None else len(prompt)
+
+    def _window_suffices(
+        self, offsets: list[tuple[int, int]], window: tuple[str, int | None], whole: tuple[str, int | None]
+    ) -> bool:
+        """Whether truncation keeps only tokens of the window that tokenize as in the whole text."""
+        budget = self.max_length - len(self.prefix) - len(self.suffix)
+        start = window[1] or 0
+        response = sum(1 for _, end in offsets if end > start)
+        if response >= budget + _WINDOW_MARGIN_TOKENS:
+            return True  # only response tokens are kept, all from well inside its window
+        response_cut = len(window[0]) - start < len(whole[0]) - (whole[1] or 0)
+        prompt = len(offsets) - response
+        return not response_cut and prompt >= budget - response + _WINDOW_MARGIN_TOKENS
 
     def filler(self, length: int) -> list[int]:
         """Input ids of `length` tokens (special tokens included) of one repeated word, for warm-up."""
@@ -154,7 +197,7 @@ class InputFormatter:
         return self.prefix + (word or [0]) * content + self.suffix
 
     def _fit(
-        self, body: list[int], offsets: list[tuple[int, int]], response_start: int | None
+        self, body: list[int], offsets: list[tuple[int, int]], response_start: int | None, cut: bool = False
     ) -> EncodedInput:
         prefix = self.prefix
         if body and self.bos_id is not None and body[0] == self.bos_id:
@@ -173,8 +216,9 @@ class InputFormatter:
             prompt_tokens = None if known is None else known + split
             return EncodedInput(prefix + body + self.suffix, num_tokens, False, prompt_tokens)
         if not self.truncate:
+            count = f"more than {num_tokens}" if cut else str(num_tokens)
             raise InputTooLong(
-                f"an item has {num_tokens} tokens, over the limit of {self.max_length}, and truncation is off"
+                f"an item has {count} tokens, over the limit of {self.max_length}, and truncation is off"
             )
         budget = self.max_length - len(prefix) - len(self.suffix)
         prompt_ids, response_ids = body[:split], body[split:]
@@ -185,6 +229,15 @@ class InputFormatter:
             kept = prompt_ids[len(prompt_ids) - kept_prompt :] + response_ids
         prompt_tokens = None if known is None else known + kept_prompt
         return EncodedInput(prefix + kept + self.suffix, num_tokens, True, prompt_tokens)
+
+
+def _last_chars(part: str, width: int) -> str:
+    if len(part) <= width:
+        return part
+    start = len(part) - width
+    near = part[start : start + 256]
+    space = next((i for i, char in enumerate(near) if char.isspace()), 0)
+    return part[start + space :]
 
 
 def render_plain(messages: Sequence[tuple[str, str]]) -> tuple[str, int]:

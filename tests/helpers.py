@@ -20,13 +20,13 @@ from typing import ClassVar
 
 import httpx
 import torch
-from transformers import AutoModelForSequenceClassification
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from app.metrics import Metrics
 from app.runner import RewardModelRunner
 from app.service import RewardService
 from app.settings import Settings
-from reward_model.formatting import RewardInput
+from reward_model.formatting import InputFormatter, RewardInput
 
 REPO = Path(__file__).resolve().parent.parent
 BUNDLED = REPO / "data" / "hh-rlhf-harmless-base-sample.jsonl.gz"
@@ -95,6 +95,15 @@ def direct_rewards(model_dir: Path, sequences: Sequence[Sequence[int]]) -> list[
     model = AutoModelForSequenceClassification.from_pretrained(model_dir).eval()
     with torch.no_grad():
         return [float(model(input_ids=torch.tensor([list(x)])).logits[0, 0]) for x in sequences]
+
+
+def direct_pair_rewards(
+    model_dir: Path, pairs: Sequence[tuple[str, str]], max_length: int = 128
+) -> list[float]:
+    """Reference: (prompt, response) pairs through the formatter and `direct_rewards`."""
+    fmt = InputFormatter(AutoTokenizer.from_pretrained(model_dir), input_format="auto", max_length=max_length)
+    ids = [e.input_ids for e in fmt.encode([RewardInput.from_prompt_response(p, r) for p, r in pairs])]
+    return direct_rewards(model_dir, ids)
 
 
 @asynccontextmanager

@@ -9,6 +9,7 @@ import threading
 from collections.abc import Sequence
 
 import pytest
+import torch
 
 from app.batcher import DynamicBatcher
 from app.errors import NotReady, Overloaded
@@ -293,3 +294,45 @@ async def test_a_prompts_sample_that_arrives_while_its_batch_waits_joins_it():
     await run_with(batcher, body())
     # a2 joined a1's batch at the moment the model freed: the prompt once, three suffixes (41 tokens)
     assert runner.batches == [[[0]], [a1, b1, a2], [c]]
+
+
+class MemoryBoundRunner(FakeRunner):
+    """Runs out of memory on a batch of more than `memory` padded tokens, as a GPU would."""
+
+    def __init__(self, memory: int) -> None:
+        super().__init__()
+        self.memory = memory
+
+    def forward(self, sequences: Sequence[Sequence[int]], prefix_lengths: Sequence[int]) -> list[float]:
+        if len(sequences) * max(map(len, sequences)) > self.memory:
+            self.batches.append([list(s) for s in sequences])
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return super().forward(sequences, prefix_lengths)
+
+
+async def test_out_of_memory_splits_the_batch_and_lowers_the_budget_until_memory_allows_it_again():
+    runner = MemoryBoundRunner(memory=20)  # room for 5 items of 4 tokens
+    batcher = DynamicBatcher(runner, max_batch_size=16, max_batch_tokens=64, max_wait_s=0.0)
+    items = [[i, 0, 0, 0] for i in range(1, 17)]  # 16 items x 4 tokens: a 64-token batch
+
+    async def round_of_16() -> list[float]:
+        runner.batches.clear()
+        return [r.reward for r in await asyncio.gather(*batcher.submit(items))]
+
+    async def body():
+        first = await round_of_16()  # 64 tokens fail, both halves of 32 fail, the quarters of 16 run
+        assert first == [float(i) for i in range(1, 17)]  # every item answered, in order
+        assert [len(b) for b in runner.batches] == [16, 8, 4, 4, 8, 4, 4]
+        assert batcher.max_batch_tokens == 16  # half of the last batch that failed
+        assert await round_of_16() == first
+        assert [len(b) for b in runner.batches] == [4, 4, 4, 4]  # no more failures
+        runner.memory = 1000  # the spike is over: every 8 clean batches, the budget doubles
+        budgets = []
+        for _ in range(6):
+            assert await round_of_16() == first
+            budgets.append(batcher.max_batch_tokens)
+        assert budgets == sorted(budgets) and budgets[0] == 32 and budgets[-1] == 64
+        assert await round_of_16() == first and [len(b) for b in runner.batches] == [16]
+        return batcher.metrics.out_of_memory.labels("model")._value.get()
+
+    assert await run_with(batcher, body()) == 3

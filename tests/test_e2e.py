@@ -13,8 +13,16 @@ import pytest
 import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-from reward_model.formatting import InputFormatter, RewardInput
-from tests.helpers import ITEMS, Server, direct_rewards, running, start_server, startup_error, stop_server
+from tests.helpers import (
+    ITEMS,
+    Server,
+    direct_pair_rewards,
+    direct_rewards,
+    running,
+    start_server,
+    startup_error,
+    stop_server,
+)
 from tests.tiny_models import save_bert
 
 pytestmark = pytest.mark.slow
@@ -28,13 +36,6 @@ PAIRS = [
 ]
 
 
-def llama_direct(model_dir: Path, pairs: list[tuple[str, str]]) -> list[float]:
-    """Reference: the formatter's ids through one unpadded transformers forward pass each."""
-    fmt = InputFormatter(AutoTokenizer.from_pretrained(model_dir), input_format="auto", max_length=128)
-    ids = [e.input_ids for e in fmt.encode([RewardInput.from_prompt_response(p, r) for p, r in pairs])]
-    return direct_rewards(model_dir, ids)
-
-
 def score(client: httpx.Client, pairs: list[tuple[str, str]], **extra: object) -> dict:
     response = client.post(
         "/score", json={"items": [{"prompt": p, "response": r} for p, r in pairs], **extra}
@@ -46,7 +47,7 @@ def score(client: httpx.Client, pairs: list[tuple[str, str]], **extra: object) -
 def test_served_rewards_equal_a_direct_forward_pass(llama_server: Server, llama_dir: Path):
     with llama_server.client() as client:
         body = score(client, PAIRS)
-    assert body["rewards"] == pytest.approx(llama_direct(llama_dir, PAIRS), abs=1e-4)
+    assert body["rewards"] == pytest.approx(direct_pair_rewards(llama_dir, PAIRS), abs=1e-4)
     assert body["stds"] == [0.0] * len(PAIRS) and body["normalized"] is False
     assert body["model"] == llama_dir.name
 

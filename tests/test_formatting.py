@@ -193,3 +193,48 @@ def test_split_points_use_the_prompt_boundary_or_the_common_prefix_of_unknown_it
     unknown = [item([*long, 1, 2], None), item([*long, 3], None)]
     assert split_points(unknown) == [len(long), len(long)]
     assert split_points(unknown[:1]) == [0]  # nothing to share with
+
+
+def _whole_and_windowed(tok, item: RewardInput, monkeypatch: pytest.MonkeyPatch, **options):
+    formatter = InputFormatter(tok, input_format="auto", max_length=24, **options)
+    windowed = formatter.encode([item])[0]
+    monkeypatch.setattr("reward_model.formatting.WINDOW_CHARS_PER_TOKEN", 10**9)  # never cut
+    return formatter.encode([item])[0], windowed
+
+
+WORDS = " ".join(f"word{i % 97} and" for i in range(20_000))  # ~200k characters
+
+
+@pytest.mark.parametrize("tokenizer", ["bert_tok", "llama_tok"])
+@pytest.mark.parametrize(
+    ("item", "always_cut"),
+    [
+        (RewardInput.from_prompt_response(WORDS, "the short answer"), True),  # a huge prompt
+        (RewardInput.from_prompt_response("a question", WORDS), True),  # a huge response
+        (RewardInput.from_prompt_response(WORDS, WORDS), True),
+        (RewardInput.raw(WORDS), True),
+        # mostly whitespace, which some tokenizers drop: the window may hold too few tokens, and then
+        # the whole text is tokenized
+        (RewardInput.from_prompt_response(WORDS, "x" * 30 + " " * 5000 + "end"), False),
+    ],
+)
+def test_huge_items_are_cut_before_tokenizing_and_keep_the_same_tokens(
+    tokenizer: str,
+    item: RewardInput,
+    always_cut: bool,
+    request: pytest.FixtureRequest,
+    monkeypatch: pytest.MonkeyPatch,
+):
+    whole, windowed = _whole_and_windowed(request.getfixturevalue(tokenizer), item, monkeypatch)
+    if always_cut:
+        assert windowed.num_tokens < whole.num_tokens / 10
+    assert windowed.input_ids == whole.input_ids
+    assert windowed.prompt_tokens == whole.prompt_tokens
+    assert windowed.truncated and whole.truncated
+    assert 24 < windowed.num_tokens <= whole.num_tokens  # a lower bound once cut
+
+
+def test_a_huge_item_without_truncation_is_refused_from_its_window(bert_tok):
+    formatter = InputFormatter(bert_tok, input_format="plain", max_length=24, truncate=False)
+    with pytest.raises(InputTooLong, match=r"^an item has more than \d+ tokens, over the limit of 24"):
+        formatter.encode([RewardInput.from_prompt_response("hi", WORDS)])

@@ -11,9 +11,8 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.errors import NotReady, Overloaded, PayloadTooLarge, Unauthorized
+from app.errors import NotReady, Overloaded, PayloadTooLarge, Unauthorized, UnsupportedMediaType
 from reward_model.errors import CheckpointError, InferenceFailed, InvalidInput, RewardError
 
 log = logging.getLogger(__name__)
@@ -21,6 +20,7 @@ log = logging.getLogger(__name__)
 STATUS_BY_ERROR: dict[type[RewardError], int] = {
     InvalidInput: 422,
     PayloadTooLarge: 413,
+    UnsupportedMediaType: 415,
     Unauthorized: 401,
     Overloaded: 429,
     NotReady: 503,
@@ -78,7 +78,9 @@ def install_error_handlers(app: FastAPI) -> None:
 
     async def on_http_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, StarletteHTTPException)
-        kind = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        kind = {400: "invalid_request", 404: "not_found", 405: "method_not_allowed"}.get(
+            exc.status_code, "http_error"
+        )
         return JSONResponse(
             error_body(kind, str(exc.detail)), status_code=exc.status_code, headers=exc.headers
         )
@@ -98,49 +100,3 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(StarletteHTTPException, on_http_error)
     app.add_exception_handler(ClientDisconnected, on_disconnect)
     app.add_exception_handler(Exception, on_unexpected)
-
-
-class BodySizeLimit:
-    """ASGI middleware: refuse bodies over the limit with 413, by header or by counting the bytes.
-
-    The body is read here (never more than the limit) and replayed to the app, so the limit holds for
-    chunked uploads without a Content-Length too.
-    """
-
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
-        self.app = app
-        self.max_bytes = max_bytes
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope.get("method") not in ("POST", "PUT", "PATCH"):
-            await self.app(scope, receive, send)
-            return
-        too_large = PayloadTooLarge(f"request body is larger than the limit of {self.max_bytes} bytes")
-        length = dict(scope.get("headers", [])).get(b"content-length")
-        if length is not None and length.isdigit() and int(length) > self.max_bytes:
-            await error_response(too_large)(scope, receive, send)
-            return
-        chunks: list[bytes] = []
-        received = 0
-        while True:
-            message = await receive()
-            if message["type"] != "http.request":
-                return  # the client went away before sending its body
-            chunk = message.get("body", b"")
-            received += len(chunk)
-            if received > self.max_bytes:
-                await error_response(too_large)(scope, receive, send)
-                return
-            chunks.append(chunk)
-            if not message.get("more_body", False):
-                break
-        replayed = False
-
-        async def replay() -> Message:
-            nonlocal replayed
-            if not replayed:
-                replayed = True
-                return {"type": "http.request", "body": b"".join(chunks), "more_body": False}
-            return await receive()
-
-        await self.app(scope, replay, send)

@@ -4,14 +4,30 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, StrictStr, Tag
+from pydantic import AfterValidator, BaseModel, ConfigDict, Discriminator, Field, StrictStr, Tag
 
 from reward_model.checkpoint import Aggregation
 
-Text = Annotated[StrictStr, Field(min_length=1)]
-"""Non-empty: roles and prompt strings."""
-Content = StrictStr
-"""May be empty: a policy can generate an empty response, and it gets a reward like any other."""
+
+def _encodable(value: str) -> str:
+    """JSON can spell a lone UTF-16 surrogate (`"\\ud800"`); no tokenizer can encode one."""
+    if not value.isascii():
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise ValueError(f"not valid Unicode: a lone surrogate at character {exc.start}") from None
+    return value
+
+
+def _encodable_prompt(value: str | list[Any]) -> str | list[Any]:
+    return _encodable(value) if isinstance(value, str) else value
+
+
+Content = Annotated[StrictStr, AfterValidator(_encodable)]
+"""Any text, empty included: a policy can generate an empty response, and it gets a reward like any
+other. Control characters and NUL are text; a lone surrogate is not."""
+Role = Literal["system", "developer", "user", "assistant", "tool", "ipython"]
+"""The chat roles of OpenAI's API and of the chat templates that take more (Llama 3's `ipython`)."""
 
 
 class Strict(BaseModel):
@@ -23,11 +39,16 @@ class Strict(BaseModel):
 class Message(Strict):
     """One chat turn."""
 
-    role: Text
+    role: Role
     content: Content
 
 
-Prompt = Annotated[Text | Annotated[list[Message], Field(min_length=1)], Field(union_mode="left_to_right")]
+Prompt = Annotated[
+    Annotated[StrictStr, Field(min_length=1)] | Annotated[list[Message], Field(min_length=1)],
+    Field(union_mode="left_to_right"),
+    AfterValidator(_encodable_prompt),
+]
+"""A non-empty string (one user turn) or chat messages."""
 
 
 class PromptResponseItem(Strict):
@@ -170,7 +191,7 @@ class GetRewardRequest(Strict):
     `query` list gets empty lists back (OpenRLHF sends one to each extra server of a multi-URL split)."""
 
     query: list[Content]
-    prompts: list[StrictStr] | None = None
+    prompts: list[Content] | None = None
     labels: list[Any] | None = None
 
     model_config = ConfigDict(
@@ -193,13 +214,13 @@ class ClassifyRequest(Strict):
     `model` is accepted whatever it names, so that a script written against a vLLM server runs
     unchanged; vLLM's other request options are accepted and have no effect here."""
 
-    model: str | None = None
+    model: Content | None = None
     input: Content | list[Content] | None = None
     messages: Annotated[list[Message], Field(min_length=1)] | None = None
     use_activation: bool | None = Field(
         default=None, description="false: the raw reward; else its sigmoid (vLLM's one-label default)."
     )
-    user: str | None = None
+    user: Content | None = None
     priority: int | None = None
     truncate_prompt_tokens: int | None = None
     add_special_tokens: bool | None = None
