@@ -131,8 +131,12 @@ class InputFormatter:
         conversation = [{"role": role, "content": content} for role, content in messages]
         try:
             full = self.tokenizer.apply_chat_template(conversation, tokenize=False)
-            prompt = self.tokenizer.apply_chat_template(
-                conversation[:-1], tokenize=False, add_generation_prompt=True
+            prompt = (  # a lone assistant turn has no prompt: all of it is the response
+                self.tokenizer.apply_chat_template(
+                    conversation[:-1], tokenize=False, add_generation_prompt=True
+                )
+                if len(conversation) > 1
+                else ""
             )
         except Exception as exc:  # jinja raises its own errors for conversations a template rejects
             raise InvalidInput(f"the chat template rejected the messages: {exc}") from exc

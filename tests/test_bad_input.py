@@ -73,13 +73,13 @@ CASES = {
         "/best-of-n",
         b'{"prompt": "a", "responses": ["x"], "top_k": NaN}',
         JSON,
-        invalid("top_k: Input should be a finite number"),
+        invalid("top_k: Input should be a valid integer"),
     ),
     "Infinity": (
         "/best-of-n",
         b'{"prompt": "a", "responses": ["x"], "top_k": -Infinity}',
         JSON,
-        invalid("top_k: Input should be a finite number"),
+        invalid("top_k: Input should be a valid integer"),
     ),
     "an unknown field": (
         "/score",

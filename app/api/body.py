@@ -3,7 +3,7 @@
 In order, each refused with the one error shape and before the next step runs:
 - a compressed body (`Content-Encoding` other than identity): 415. It is never decompressed, so a
   gzip bomb costs nothing;
-- a `Content-Type` that is not JSON, or none (FastAPI would read the body as no JSON at all): 415;
+- a `Content-Type` that is not JSON, or a body without one (FastAPI would not read it as JSON): 415;
 - a body over the byte limit, by its `Content-Length` or by counting the bytes as they arrive (a
   chunked upload has no length): 413. Never more than the limit is held in memory.
 The body is then replayed to the app.
@@ -17,8 +17,6 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.api.errors import error_response
 from app.errors import PayloadTooLarge, UnsupportedMediaType
-
-BODY_METHODS = ("POST", "PUT", "PATCH")
 
 
 def is_json(content_type: str) -> bool:
@@ -37,7 +35,9 @@ def refusal(headers: dict[bytes, bytes], max_bytes: int) -> UnsupportedMediaType
             f"compressed request bodies are not accepted (Content-Encoding: {encoding})"
         )
     content_type = headers.get(b"content-type", b"").decode("latin-1").strip()
-    if not is_json(content_type):
+    length = headers.get(b"content-length")
+    has_body = b"transfer-encoding" in headers or (length is not None and length not in (b"", b"0"))
+    if (content_type or has_body) and not is_json(content_type):
         given = f"not {content_type!r}" if content_type else "and the request has none"
         return UnsupportedMediaType(
             f"the request body must be JSON (Content-Type: application/json), {given}"
@@ -53,14 +53,14 @@ def too_large(max_bytes: int) -> PayloadTooLarge:
 
 
 class RequestBody:
-    """Vet the body of every POST, PUT and PATCH before the app parses it."""
+    """Vet the body of every POST before the app parses it (no route takes another method with a body)."""
 
     def __init__(self, app: ASGIApp, max_bytes: int) -> None:
         self.app = app
         self.max_bytes = max_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope.get("method") not in BODY_METHODS:
+        if scope["type"] != "http" or scope.get("method") != "POST":
             await self.app(scope, receive, send)
             return
         refused = refusal(dict(scope.get("headers", [])), self.max_bytes)

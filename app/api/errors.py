@@ -6,12 +6,14 @@ Every error body is `{"error": {"type": ..., "message": ...}}`.
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from app.api.protocol import ErrorResponse
 from app.errors import NotReady, Overloaded, PayloadTooLarge, Unauthorized, UnsupportedMediaType
 from reward_model.errors import CheckpointError, InferenceFailed, InvalidInput, RewardError
 
@@ -28,6 +30,22 @@ STATUS_BY_ERROR: dict[type[RewardError], int] = {
     CheckpointError: 500,
 }
 RETRY_AFTER_SECONDS = {Overloaded: "1", NotReady: "5"}
+
+_DESCRIPTIONS = {
+    400: "The body could not be parsed (JSON nested too deeply).",
+    401: "No API key, or a wrong one (when the server has keys).",
+    413: "The body is over the size limit.",
+    415: "The body is not JSON, or is compressed.",
+    422: "The request is invalid: the message says where and why.",
+    429: "The queue is full: retry after `Retry-After` seconds.",
+    500: "The model failed on an item, alone (other items are answered).",
+    503: "The model is loading, or the server is shutting down: retry after `Retry-After` seconds.",
+}
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorResponse, "description": description}
+    for status, description in _DESCRIPTIONS.items()
+}
+"""Every error status a scoring endpoint can return, documented in OpenAPI with the one error shape."""
 
 
 class ClientDisconnected(Exception):

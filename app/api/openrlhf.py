@@ -5,11 +5,12 @@ from __future__ import annotations
 from fastapi import APIRouter, Request, Response
 
 from app.api.deps import ReadyService, timing_headers, until_disconnected
+from app.api.errors import ERROR_RESPONSES
 from app.api.protocol import GetRewardRequest, GetRewardResponse
 from reward_model.errors import InvalidInput
 from reward_model.formatting import RewardInput
 
-router = APIRouter(tags=["openrlhf"])
+router = APIRouter(tags=["openrlhf"], responses=ERROR_RESPONSES)
 
 
 @router.post("/get_reward", response_model=GetRewardResponse, summary="OpenRLHF remote reward protocol")

@@ -4,7 +4,16 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Discriminator, Field, StrictStr, Tag
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Discriminator,
+    Field,
+    StrictStr,
+    Tag,
+)
 
 from reward_model.checkpoint import Aggregation
 
@@ -19,6 +28,15 @@ def _encodable(value: str) -> str:
     return value
 
 
+def _integral(value: Any) -> Any:
+    """JSON Schema's integer includes 2.0; strict validation would refuse it."""
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+Integer = Annotated[int, BeforeValidator(_integral)]
+"""A whole number, written `2` or `2.0`, never `"2"` or `true`."""
+
+
 def _encodable_prompt(value: str | list[Any]) -> str | list[Any]:
     return _encodable(value) if isinstance(value, str) else value
 
@@ -30,10 +48,24 @@ Role = Literal["system", "developer", "user", "assistant", "tool", "ipython"]
 """The chat roles of OpenAI's API and of the chat templates that take more (Llama 3's `ipython`)."""
 
 
-class Strict(BaseModel):
-    """Unknown fields are an error: a typo must not silently change what is scored."""
+class ErrorDetail(BaseModel):
+    """What went wrong: a stable `type` to branch on, and a message for people."""
 
-    model_config = ConfigDict(extra="forbid")
+    type: str
+    message: str
+
+
+class ErrorResponse(BaseModel):
+    """The one shape of every error the service returns, whatever its status."""
+
+    error: ErrorDetail
+
+
+class Strict(BaseModel):
+    """Unknown fields are an error: a typo must not silently change what is scored. Types are strict:
+    `0` is not `false` and `"1"` is not `1`, as the schema says."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
 
 
 class Message(Strict):
@@ -61,7 +93,9 @@ class PromptResponseItem(Strict):
 class MessagesItem(Strict):
     """A conversation; its last message is the assistant turn being scored."""
 
-    messages: Annotated[list[Message], Field(min_length=1)]
+    messages: Annotated[
+        list[Message], Field(min_length=1, description="The last message must be the assistant's.")
+    ]
 
 
 def _item_kind(value: Any) -> str:
@@ -95,6 +129,7 @@ class ScoreRequest(ScoringOptions):
 
     model_config = ConfigDict(
         extra="forbid",
+        strict=True,
         json_schema_extra={
             "examples": [
                 {
@@ -135,6 +170,7 @@ class CompareRequest(ScoringOptions):
 
     model_config = ConfigDict(
         extra="forbid",
+        strict=True,
         json_schema_extra={
             "examples": [
                 {"prompt": "How do I boil an egg?", "response_a": "Boil it 8 minutes.", "response_b": "No."}
@@ -164,10 +200,13 @@ class BestOfNRequest(ScoringOptions):
 
     prompt: Prompt
     responses: list[Content] = Field(min_length=1)
-    top_k: int | None = Field(default=None, ge=1, description="Return only the best k indices in `ranking`.")
+    top_k: Annotated[int, Field(ge=1), BeforeValidator(_integral)] | None = Field(
+        default=None, description="Return only the best k indices in `ranking`."
+    )
 
     model_config = ConfigDict(
         extra="forbid",
+        strict=True,
         json_schema_extra={
             "examples": [{"prompt": "Name a prime.", "responses": ["4", "7", "9"], "top_k": 1}]
         },
@@ -191,11 +230,14 @@ class GetRewardRequest(Strict):
     `query` list gets empty lists back (OpenRLHF sends one to each extra server of a multi-URL split)."""
 
     query: list[Content]
-    prompts: list[Content] | None = None
+    prompts: list[Content] | None = Field(
+        default=None, description="The prompt each query starts with: one per query, in the same order."
+    )
     labels: list[Any] | None = None
 
     model_config = ConfigDict(
         extra="forbid",
+        strict=True,
         json_schema_extra={"examples": [{"query": ["\n\nHuman: Hi\n\nAssistant: Hello! How can I help?"]}]},
     )
 
@@ -221,14 +263,20 @@ class ClassifyRequest(Strict):
         default=None, description="false: the raw reward; else its sigmoid (vLLM's one-label default)."
     )
     user: Content | None = None
-    priority: int | None = None
-    truncate_prompt_tokens: int | None = None
+    priority: Integer | None = None
+    truncate_prompt_tokens: Integer | None = None
     add_special_tokens: bool | None = None
 
     model_config = ConfigDict(
         extra="forbid",
+        strict=True,
         json_schema_extra={
-            "examples": [{"input": ["\n\nHuman: Hi\n\nAssistant: Hello!"], "use_activation": False}]
+            "examples": [{"input": ["\n\nHuman: Hi\n\nAssistant: Hello!"], "use_activation": False}],
+            # exactly one of `input` and `messages` is given (not null)
+            "oneOf": [
+                {"required": [field], "properties": {field: {"not": {"type": "null"}}}}
+                for field in ("input", "messages")
+            ],
         },
     )
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Request, Response
 
 from app.api.deps import ReadyService, member_rewards, timing_headers, until_disconnected
+from app.api.errors import ERROR_RESPONSES
 from app.api.protocol import (
     BestOfNRequest,
     BestOfNResponse,
@@ -18,7 +19,7 @@ from app.api.protocol import (
 )
 from reward_model.formatting import RewardInput
 
-router = APIRouter(tags=["scoring"])
+router = APIRouter(tags=["scoring"], responses=ERROR_RESPONSES)
 
 
 def _to_input(item: ScoreItem) -> RewardInput:

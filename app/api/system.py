@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from app.api.errors import error_body
+from app.api.errors import ERROR_RESPONSES, error_body
 from app.api.protocol import InfoResponse, Limits, MemberInfo
 from app.service import RewardService
 
@@ -19,7 +19,14 @@ async def get_health() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/ready", summary="Readiness: the model is loaded and warmed up")
+@router.get(
+    "/ready",
+    summary="Readiness: the model is loaded and warmed up",
+    responses={
+        200: {"content": {"application/json": {"example": {"status": "ready", "model": "demo"}}}},
+        503: ERROR_RESPONSES[503],
+    },
+)
 async def get_ready(request: Request) -> JSONResponse:
     """200 once every member is loaded and warmed up; 503 before."""
     service: RewardService = request.app.state.service
@@ -87,7 +94,7 @@ async def get_info(request: Request) -> InfoResponse:
     )
 
 
-@router.get("/metrics", summary="Prometheus metrics")
+@router.get("/metrics", summary="Prometheus metrics", response_class=PlainTextResponse)
 async def get_metrics(request: Request) -> Response:
     """Prometheus text exposition of this app's registry."""
     return Response(generate_latest(request.app.state.metrics.registry), media_type=CONTENT_TYPE_LATEST)

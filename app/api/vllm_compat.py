@@ -9,11 +9,12 @@ import uuid
 from fastapi import APIRouter, Request, Response
 
 from app.api.deps import ReadyService, timing_headers, until_disconnected
+from app.api.errors import ERROR_RESPONSES
 from app.api.protocol import ClassifyData, ClassifyRequest, ClassifyResponse, ClassifyUsage
 from reward_model.errors import InvalidInput
 from reward_model.formatting import RewardInput
 
-router = APIRouter(tags=["vllm"])
+router = APIRouter(tags=["vllm"], responses=ERROR_RESPONSES)
 
 
 @router.post("/classify", response_model=ClassifyResponse, summary="vLLM-compatible classification")
