@@ -130,6 +130,11 @@ class DynamicBatcher:
         return self.memory.current
 
     @property
+    def accepted_waiting(self) -> int:
+        """Items accepted and not yet in the model: queued, or picked for the next batch."""
+        return len(self._pending) + len(self._picked)
+
+    @property
     def queue_depth(self) -> int:
         """Items waiting, cancelled ones included until the next batch purges them."""
         return len(self._pending)

@@ -20,6 +20,8 @@ from typing import ClassVar
 
 import httpx
 import torch
+import uvicorn
+from fastapi import FastAPI
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from app.metrics import Metrics
@@ -119,6 +121,20 @@ async def running(
         yield service
     finally:
         await service.stop()
+
+
+@asynccontextmanager
+async def served(app: FastAPI) -> AsyncIterator[str]:
+    """Serve `app` with uvicorn in this event loop on 127.0.0.1 and a free port; yield its URL."""
+    config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on")
+    server = uvicorn.Server(config)
+    sock = config.bind_socket()
+    serving = asyncio.create_task(server.serve(sockets=[sock]))
+    try:
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        await asyncio.wait_for(serving, 60)
 
 
 def free_port() -> int:

@@ -33,13 +33,9 @@ def keep_the_rules_json_schema_cannot_state(body: object) -> None:
     a conversation's last message is the assistant turn being scored, and OpenRLHF's `prompts`, when
     given, has one prompt per query. Generated valid bodies are made to keep them; a field that was
     generated invalid stays invalid."""
-    if (
-        isinstance(body, dict)
-        and isinstance(body.get("query"), list)
-        and isinstance(body.get("prompts"), list)
-    ):
-        if all(isinstance(p, str) for p in body["prompts"]):
-            body["prompts"] = (body["prompts"] + [""] * len(body["query"]))[: len(body["query"])]
+    query, prompts = (body.get("query"), body.get("prompts")) if isinstance(body, dict) else (None, None)
+    if isinstance(query, list) and isinstance(prompts, list) and all(isinstance(p, str) for p in prompts):
+        body["prompts"] = (prompts + [""] * len(query))[: len(query)]  # type: ignore[index]
     conversations = [body] if isinstance(body, dict) else []
     if isinstance(body, dict) and isinstance(body.get("items"), list):
         conversations += [item for item in body["items"] if isinstance(item, dict)]
