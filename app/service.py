@@ -13,6 +13,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from app.assembly import Member, assemble_members
 from app.batcher import ItemResult
@@ -20,8 +21,8 @@ from app.errors import Overloaded
 from app.metrics import Metrics
 from app.runner import RewardModelRunner
 from app.settings import Settings
-from reward_model.checkpoint import read_layout
-from reward_model.ensemble import Combiner, preference_probability
+from reward_model.checkpoint import read_layout, require_length_fit
+from reward_model.ensemble import Combiner, LengthControl, preference_probability
 from reward_model.errors import InferenceFailed, InvalidInput, RewardError
 from reward_model.formatting import EncodedInput, RewardInput
 
@@ -103,6 +104,8 @@ class RewardService:
         self.combiner = Combiner.for_layout(
             layout, aggregation=s.aggregation, uncertainty_coef=s.uncertainty_coef
         )
+        if s.length_residual:
+            require_length_fit(layout)
         self.members = assemble_members(layout, s, self.metrics, self.runner_type)
 
     def warmup(self) -> None:
@@ -159,14 +162,32 @@ class RewardService:
                 f"{count} items in one request, over the limit of {self.settings.max_items_per_request}"
             )
 
+    def length_control(self, penalty: float | None = None, residual: bool | None = None) -> LengthControl:
+        """A request's length control: what it asks for, else the server's settings."""
+        s = self.settings
+        control = LengthControl(
+            s.length_penalty if penalty is None else penalty,
+            s.length_residual if residual is None else residual,
+        )
+        if control.residual and not self.scoring.length_fits():
+            raise InvalidInput("length_residual: the model's reward.json has no length fit (retrain it)")
+        return control
+
     async def score(
-        self, items: Sequence[RewardInput], *, normalize: bool | None = None, aggregation: str | None = None
+        self,
+        items: Sequence[RewardInput],
+        *,
+        normalize: bool | None = None,
+        aggregation: str | None = None,
+        length_penalty: float | None = None,
+        length_residual: bool | None = None,
     ) -> ScoreOutcome:
         """Score items with every member and combine; rewards come back in input order."""
         self.check_count(len(items))
         combiner = self.scoring
         method = aggregation or combiner.aggregation
         normalized = combiner.normalizes(self.settings.normalize if normalize is None else normalize)
+        length = self.length_control(length_penalty, length_residual)
         encodings, splits = await self._encode(items)
         member_futures: list[list[asyncio.Future[ItemResult]]] = []
         try:
@@ -190,8 +211,14 @@ class RewardService:
                     raise _item_error(index, member, result)
                 queue_s, infer_s = max(queue_s, result.queue_seconds), max(infer_s, result.inference_seconds)
                 raw.append(result.reward)
-            combined = combiner.combine(raw, normalized=normalized, method=method)
             encoded = [encodings[m.model.encoding_key][index] for m in self.members]
+            combined = combiner.combine(
+                raw,
+                normalized=normalized,
+                method=method,
+                length=length,
+                response_tokens=[e.response_tokens for e in encoded],
+            )
             scored.append(
                 ScoredItem(
                     reward=combined.reward,
@@ -209,13 +236,11 @@ class RewardService:
         prompt: str | Sequence[dict[str, str]],
         response_a: str,
         response_b: str,
-        *,
-        normalize: bool | None = None,
-        aggregation: str | None = None,
+        **options: Any,
     ) -> Comparison:
         """P(a better than b) = sigmoid((r_a - r_b) / T), with T from calibration; symmetric in a and b."""
         items = [RewardInput.from_prompt_response(prompt, r) for r in (response_a, response_b)]
-        outcome = await self.score(items, normalize=normalize, aggregation=aggregation)
+        outcome = await self.score(items, **options)
         a, b = outcome.items
         temperature = self.scoring.temperature(outcome.normalized)
         prob = preference_probability(a.reward - b.reward, temperature)
@@ -232,13 +257,11 @@ class RewardService:
         self,
         prompt: str | Sequence[dict[str, str]],
         responses: Sequence[str],
-        *,
-        normalize: bool | None = None,
-        aggregation: str | None = None,
+        **options: Any,
     ) -> Ranking:
         """Rank candidates best first; ties keep input order."""
         items = [RewardInput.from_prompt_response(prompt, r) for r in responses]
-        outcome = await self.score(items, normalize=normalize, aggregation=aggregation)
+        outcome = await self.score(items, **options)
         order = sorted(range(len(responses)), key=lambda i: (-outcome.items[i].reward, i))
         return Ranking(order, outcome)
 

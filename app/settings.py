@@ -12,6 +12,7 @@ from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from reward_model.checkpoint import Aggregation
+from reward_model.ensemble import MAX_LENGTH_PENALTY
 
 
 class Settings(BaseSettings):
@@ -86,6 +87,17 @@ class Settings(BaseSettings):
     )
     uncertainty_coef: float | None = Field(
         default=None, ge=0.0, description="λ in mean_minus_std aggregation (default: the manifest's, else 1)."
+    )
+    length_penalty: float = Field(
+        default=0.0,
+        ge=0.0,
+        le=MAX_LENGTH_PENALTY,
+        allow_inf_nan=False,
+        description="Default α in r - α x response tokens (units of the returned reward); 0: off.",
+    )
+    length_residual: bool = Field(
+        default=False,
+        description="Default: subtract the reward's length trend fitted at training (reward.json `length`).",
     )
     prefix_sharing: bool = Field(
         default=True,

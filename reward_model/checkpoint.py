@@ -40,6 +40,16 @@ class Calibration(BaseModel):
     temperature: float = Field(default=1.0, gt=0.0)
 
 
+class LengthFit(BaseModel):
+    """The reward's linear trend in response length, fitted on the training responses: reward ≈
+    intercept + slope × response tokens. Serving can subtract it (`length_residual`)."""
+
+    model_config = ConfigDict(extra="forbid")
+    slope: float
+    mean_tokens: float = Field(ge=0.0)
+    correlation: float = Field(ge=-1.0, le=1.0)
+
+
 class InputFormat(BaseModel):
     """How (prompt, response) becomes text: the tokenizer's chat template, the plain format, or auto."""
 
@@ -56,6 +66,7 @@ class RewardMetadata(BaseModel):
     input_format: InputFormat = Field(default_factory=InputFormat)
     normalization: Normalization = Field(default_factory=Normalization)
     calibration: Calibration = Field(default_factory=Calibration)
+    length: LengthFit | None = None
     provenance: dict[str, Any] = Field(default_factory=dict)
 
     @field_validator("format_version")
@@ -233,3 +244,12 @@ def read_layout(directory: str | Path, *, name: str | None = None, allow_pickle:
         metadata = validate_checkpoint(path, allow_pickle=allow_pickle)
         members.append(MemberSpec(member_name, path, metadata, entry.weight))
     return ModelLayout(root, tuple(members), manifest)
+
+
+def require_length_fit(layout: ModelLayout) -> None:
+    """Refuse, in one line, to subtract a length trend that some member's reward.json lacks."""
+    missing = [m.name for m in layout.members if m.metadata.length is None]
+    if missing:
+        raise CheckpointError(
+            f"--length-residual: no length fit in the reward.json of {', '.join(missing)} (retrain it)"
+        )

@@ -42,6 +42,19 @@ def aggregate(values: Sequence[float], method: str, *, weights: Sequence[float],
     raise InvalidInput(f"unknown aggregation {method!r}")
 
 
+MAX_LENGTH_PENALTY = 1e6
+"""Bounds α so that α x tokens stays a finite reward (a reward is never returned non-finite)."""
+
+
+@dataclass(frozen=True, slots=True)
+class LengthControl:
+    """Length control for one request: `penalty` α in `r - α x response tokens` (units of the
+    reported reward), and `residual`: subtract each member's fitted length trend (reward.json)."""
+
+    penalty: float = 0.0
+    residual: bool = False
+
+
 @dataclass(frozen=True, slots=True)
 class CombinedReward:
     """One item's reward, the members' disagreement, and the member rewards it came from."""
@@ -84,13 +97,39 @@ class Combiner:
         """Raw scales differ between members, so an ensemble always reports standardized rewards."""
         return len(self.metadata) > 1 or requested
 
-    def combine(self, raw: Sequence[float], *, normalized: bool, method: str | None = None) -> CombinedReward:
-        """One item's raw member rewards (in member order) into its reported reward."""
+    def combine(
+        self,
+        raw: Sequence[float],
+        *,
+        normalized: bool,
+        method: str | None = None,
+        length: LengthControl | None = None,
+        response_tokens: Sequence[int] = (),
+    ) -> CombinedReward:
+        """One item's raw member rewards (in member order) into its reported reward.
+
+        With `length`: each member's own length trend is subtracted from its raw reward first
+        (`residual`), and `penalty` x the first member's response tokens from the result."""
+        if length is not None and length.residual:
+            raw = [self._residual(i, r, response_tokens[i]) for i, r in enumerate(raw)]
         values = tuple(self._normalize(i, r) for i, r in enumerate(raw)) if normalized else tuple(raw)
         reward = aggregate(
             values, method or self.aggregation, weights=self.weights, coef=self.uncertainty_coef
         )
+        if length is not None and length.penalty:
+            reward -= length.penalty * response_tokens[0]
         return CombinedReward(reward, spread(values), values)
+
+    def length_fits(self) -> bool:
+        """Whether every member's reward.json has a length trend to subtract."""
+        return all(m.length is not None for m in self.metadata)
+
+    def _residual(self, index: int, reward: float, tokens: int) -> float:
+        fit = self.metadata[index].length
+        if fit is None:
+            raise InvalidInput("length_residual: the model's reward.json has no length fit (retrain it)")
+        # centred on the training responses' mean length, so the normalization statistics still hold
+        return reward - fit.slope * (tokens - fit.mean_tokens)
 
     def temperature(self, normalized: bool) -> float:
         """Calibration temperature T in `P(a better) = sigmoid((r_a - r_b) / T)`, on the reported scale.

@@ -71,6 +71,8 @@ class EncodedInput:
     """Tokens the item had before truncation, special tokens included; for an item cut to its window
     before tokenizing (`WINDOW_CHARS_PER_TOKEN`), the window's tokens: a lower bound."""
     truncated: bool
+    response_tokens: int = 0
+    """Tokens of the response in `input_ids` (all of a formatted text whose prompt is not known)."""
     prompt_tokens: int | None = None
     """How many leading ids are prompt alone: the tokens that end before the response starts (a token
     that spans the boundary is the response's). None when the item does not know its prompt."""
@@ -218,7 +220,9 @@ class InputFormatter:
         known = None if response_start is None else len(prefix)
         if num_tokens <= self.max_length:
             prompt_tokens = None if known is None else known + split
-            return EncodedInput(prefix + body + self.suffix, num_tokens, False, prompt_tokens)
+            return EncodedInput(
+                prefix + body + self.suffix, num_tokens, False, len(body) - split, prompt_tokens
+            )
         if not self.truncate:
             count = f"more than {num_tokens}" if cut else str(num_tokens)
             raise InputTooLong(
@@ -232,7 +236,8 @@ class InputFormatter:
             kept_prompt = min(len(prompt_ids), budget - len(response_ids))
             kept = prompt_ids[len(prompt_ids) - kept_prompt :] + response_ids
         prompt_tokens = None if known is None else known + kept_prompt
-        return EncodedInput(prefix + kept + self.suffix, num_tokens, True, prompt_tokens)
+        response_tokens = len(kept) - kept_prompt
+        return EncodedInput(prefix + kept + self.suffix, num_tokens, True, response_tokens, prompt_tokens)
 
 
 def _last_chars(part: str, width: int) -> str:

@@ -194,16 +194,23 @@ class RewardModel:
     members: list[ScoringModel]
     combiner: Combiner
 
-    def score(self, items: Sequence[RewardInput]) -> list[list[float]]:
-        """Raw rewards per member (outer list) and item (inner list); members that tokenize alike share."""
-        encoded: dict[str, list[list[int]]] = {}
-        rewards = []
+    def encode(self, items: Sequence[RewardInput]) -> list[list[EncodedInput]]:
+        """Each member's encodings of the items (outer list: members); members that tokenize alike share."""
+        shared: dict[str, list[EncodedInput]] = {}
         for member in self.members:
-            key = member.encoding_key
-            if key not in encoded:
-                encoded[key] = [e.input_ids for e in member.encode(items)]
-            rewards.append(member.score_sequences(encoded[key]))
-        return rewards
+            if member.encoding_key not in shared:
+                shared[member.encoding_key] = member.encode(items)
+        return [shared[member.encoding_key] for member in self.members]
+
+    def score(
+        self, items: Sequence[RewardInput], encoded: list[list[EncodedInput]] | None = None
+    ) -> list[list[float]]:
+        """Raw rewards per member (outer list) and item (inner list)."""
+        encoded = encoded if encoded is not None else self.encode(items)
+        return [
+            member.score_sequences([e.input_ids for e in member_encoded])
+            for member, member_encoded in zip(self.members, encoded, strict=True)
+        ]
 
 
 def open_reward_model(path: str | Path, options: LoadOptions | None = None, **overrides: Any) -> RewardModel:

@@ -184,7 +184,7 @@ def test_split_points_use_the_prompt_boundary_or_the_common_prefix_of_unknown_it
     from reward_model.prefix_sharing import split_points
 
     def item(ids: list[int], prompt: int | None) -> EncodedInput:
-        return EncodedInput(ids, len(ids), False, prompt)
+        return EncodedInput(ids, len(ids), False, prompt_tokens=prompt)
 
     long = list(range(M + 10))
     assert split_points([item(long, M + 2)]) == [M + 2]  # known: its own boundary, alone or not

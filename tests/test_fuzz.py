@@ -10,6 +10,7 @@ a run is the same every time.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from typing import get_args
 
 import pytest
@@ -19,7 +20,8 @@ from hypothesis import HealthCheck, settings
 from app.api.protocol import Role
 from app.server import create_app
 from app.settings import Settings
-from tests.helpers import Server
+from tests.helpers import Server, start_server, stop_server
+from tests.tiny_models import save_llama
 
 pytestmark = pytest.mark.slow
 
@@ -46,16 +48,28 @@ def keep_the_rules_json_schema_cannot_state(body: object) -> None:
             last["role"] = "assistant"
 
 
-def test_the_fuzzed_schema_is_the_one_the_server_serves(llama_server: Server) -> None:
-    with llama_server.client() as client:
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """The tiny Llama with a length fit in its reward.json, so that every option the schema allows is
+    one this model can honour (`length_residual` on a model without a fit: `test_length_control`)."""
+    model = save_llama(
+        tmp_path_factory.mktemp("fitted"), length={"slope": 0.1, "mean_tokens": 8, "correlation": 0.2}
+    )
+    running = start_server(model, tmp_path_factory.mktemp("srv"))
+    yield running
+    stop_server(running)
+
+
+def test_the_fuzzed_schema_is_the_one_the_server_serves(server: Server) -> None:
+    with server.client() as client:
         assert client.get("/openapi.json").json() == OPENAPI
 
 
 @schema.parametrize()
 @settings(max_examples=EXAMPLES, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
-def test_every_endpoint_holds_its_schema_under_fuzzing(case: schemathesis.Case, llama_server: Server) -> None:
+def test_every_endpoint_holds_its_schema_under_fuzzing(case: schemathesis.Case, server: Server) -> None:
     keep_the_rules_json_schema_cannot_state(case.body)
-    response = case.call_and_validate(base_url=llama_server.url)
+    response = case.call_and_validate(base_url=server.url)
     assert response.status_code < 500, response.text
     if response.status_code >= 400:
         body = response.json()

@@ -6,6 +6,8 @@ import math
 
 import numpy as np
 
+from reward_model.checkpoint import LengthFit
+
 
 def pair_nll(margins: np.ndarray, temperature: float = 1.0) -> float:
     """Mean negative log-likelihood of `P(chosen better) = sigmoid(margin / T)`."""
@@ -65,3 +67,12 @@ def expected_calibration_error(margins: np.ndarray, temperature: float = 1.0, bi
             if n
         )
     )
+
+
+def fit_length(rewards: np.ndarray, response_tokens: np.ndarray) -> LengthFit | None:
+    """The reward's least-squares linear trend in response length (None when lengths do not vary)."""
+    if len(rewards) < 2 or float(response_tokens.std()) == 0.0 or float(rewards.std()) == 0.0:
+        return None
+    slope = float(np.cov(response_tokens, rewards, bias=True)[0, 1] / response_tokens.var())
+    correlation = float(np.clip(np.corrcoef(response_tokens, rewards)[0, 1], -1.0, 1.0))
+    return LengthFit(slope=slope, mean_tokens=float(response_tokens.mean()), correlation=correlation)

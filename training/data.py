@@ -276,6 +276,8 @@ class EncodedGroup:
     input_ids: list[list[int]]
     pairs: tuple[tuple[int, int, float], ...]
     source: str
+    response_tokens: tuple[int, ...] = ()
+    """Tokens of each response as the model reads it (for the reward's length trend)."""
 
 
 def encode_groups(
@@ -284,7 +286,8 @@ def encode_groups(
     """Tokenize with the serving formatter; a pair that truncation made identical is a bad row."""
     encoded: list[EncodedGroup] = []
     for group in groups:
-        ids = [e.input_ids for e in formatter.encode(group.inputs())]
+        encoded_inputs = formatter.encode(group.inputs())
+        ids = [e.input_ids for e in encoded_inputs]
         pairs = tuple(p for p in group.pairs if ids[p[0]] != ids[p[1]])
         if len(pairs) < len(group.pairs):
             limit = formatter.max_length
@@ -296,5 +299,6 @@ def encode_groups(
             )
             if not pairs:
                 continue
-        encoded.append(EncodedGroup(ids, pairs, group.source))
+        tokens = tuple(e.response_tokens for e in encoded_inputs)
+        encoded.append(EncodedGroup(ids, pairs, group.source, tokens))
     return encoded

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from reward_model.checkpoint import is_ensemble, load_manifest
-from reward_model.ensemble import preference_probability
+from reward_model.ensemble import LengthControl, preference_probability
 from reward_model.formatting import RewardInput
 from reward_model.loading import LoadOptions, RewardModel, open_reward_model
 from training.calibration import expected_calibration_error, pair_nll
@@ -59,13 +59,9 @@ def score_pairs(model: RewardModel, groups: Sequence[PreferenceGroup]) -> tuple[
     for group in groups:
         offsets.append(len(items))
         items.extend(group.inputs())
-    member_rewards = model.score(items)
+    rewards = served_rewards(model, items)
     combiner = model.combiner
     normalized = combiner.normalizes(False)
-    rewards = [
-        combiner.combine([m[i] for m in member_rewards], normalized=normalized).reward
-        for i in range(len(items))
-    ]
     lengths: dict[str, int] = {}
     texts = sorted({r for g in groups for r in g.responses})
     if texts:
@@ -85,6 +81,27 @@ def score_pairs(model: RewardModel, groups: Sequence[PreferenceGroup]) -> tuple[
     columns = np.array(rows, dtype=np.float64).reshape(-1, 4).T
     scores = PairScores(columns[0], columns[1], columns[2], columns[3], pairs)
     return scores, combiner.temperature(normalized)
+
+
+def served_rewards(
+    model: RewardModel, items: Sequence[RewardInput], length: LengthControl | None = None
+) -> list[float]:
+    """Each item's reward as `/score` returns it by default: a single model's raw reward, or the
+    ensemble's members' standardized rewards combined by the manifest's aggregation; with `length`,
+    adjusted as the service's length control does."""
+    encoded = model.encode(items)
+    member_rewards = model.score(items, encoded)
+    combiner = model.combiner
+    normalized = combiner.normalizes(False)
+    return [
+        combiner.combine(
+            [m[i] for m in member_rewards],
+            normalized=normalized,
+            length=length,
+            response_tokens=[e[i].response_tokens for e in encoded],
+        ).reward
+        for i in range(len(items))
+    ]
 
 
 def bootstrap_interval(correct: np.ndarray, *, samples: int = 2000, seed: int = 0) -> tuple[float, float]:

@@ -27,7 +27,7 @@ from reward_model.checkpoint import (
     save_metadata,
 )
 from reward_model.loading import LoadOptions, open_reward_model
-from training.calibration import fit_temperature
+from training.calibration import fit_length, fit_temperature
 from training.config import RewardTrainingConfig
 from training.data import PreferenceGroup, load_preferences
 from training.evaluate import TRAIN_ROWS_FILE, score_checkpoint, score_pairs, write_evaluation
@@ -70,6 +70,8 @@ def finalize_checkpoint(run: MemberRun, fit: FitResult) -> dict[str, Any]:
     log.info("%s: scoring the training and held-out responses for normalization and calibration", run.label)
     rewards = np.array(member.score_sequences([ids for g in fit.train_set for ids in g.input_ids]))
     normalization = Normalization(mean=float(rewards.mean()), std=max(float(rewards.std()), 1e-6))
+    tokens = np.array([t for g in fit.train_set for t in g.response_tokens], dtype=np.float64)
+    length = fit_length(rewards, tokens) if len(tokens) == len(rewards) else None
     metrics: dict[str, Any] = {}
     temperature = 1.0
     if eval_groups:
@@ -83,6 +85,7 @@ def finalize_checkpoint(run: MemberRun, fit: FitResult) -> dict[str, Any]:
         input_format=input_format,
         normalization=normalization,
         calibration=Calibration(temperature=temperature),
+        length=length,
         provenance={
             "base_model": str(config.model),
             "seed": seed,

@@ -1,4 +1,5 @@
-"""Request and response schemas of every endpoint, with the examples shown in the OpenAPI docs."""
+"""Request and response schemas of every endpoint (vLLM's `/classify`: in `vllm_compat`), with the
+examples shown in the OpenAPI docs."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from pydantic import (
 )
 
 from reward_model.checkpoint import Aggregation
+from reward_model.ensemble import MAX_LENGTH_PENALTY
 
 
 def _encodable(value: str) -> str:
@@ -120,6 +122,26 @@ class ScoringOptions(Strict):
     return_member_rewards: bool = Field(
         default=False, description="Also return each ensemble member's reward."
     )
+    length_penalty: float | None = Field(
+        default=None,
+        ge=0.0,
+        le=MAX_LENGTH_PENALTY,
+        allow_inf_nan=False,
+        description="α in r - α x response tokens, in units of the returned reward (default: the server's).",
+    )
+    length_residual: bool | None = Field(
+        default=None,
+        description="Subtract the reward's length trend fitted at training (default: the server's setting).",
+    )
+
+    def scoring(self) -> dict[str, Any]:
+        """The options the service's scoring methods take."""
+        return {
+            "normalize": self.normalize,
+            "aggregation": self.aggregation,
+            "length_penalty": self.length_penalty,
+            "length_residual": self.length_residual,
+        }
 
 
 class ScoreRequest(ScoringOptions):
@@ -250,65 +272,6 @@ class GetRewardResponse(BaseModel):
     extra_logs: dict[str, list[float]]
 
 
-class ClassifyRequest(Strict):
-    """vLLM's `/classify`: fully formatted texts (`input`), or one conversation (`messages`).
-
-    `model` is accepted whatever it names, so that a script written against a vLLM server runs
-    unchanged; vLLM's other request options are accepted and have no effect here."""
-
-    model: Content | None = None
-    input: Content | list[Content] | None = None
-    messages: Annotated[list[Message], Field(min_length=1)] | None = None
-    use_activation: bool | None = Field(
-        default=None, description="false: the raw reward; else its sigmoid (vLLM's one-label default)."
-    )
-    user: Content | None = None
-    priority: Integer | None = None
-    truncate_prompt_tokens: Integer | None = None
-    add_special_tokens: bool | None = None
-
-    model_config = ConfigDict(
-        extra="forbid",
-        strict=True,
-        json_schema_extra={
-            "examples": [{"input": ["\n\nHuman: Hi\n\nAssistant: Hello!"], "use_activation": False}],
-            # exactly one of `input` and `messages` is given (not null)
-            "oneOf": [
-                {"required": [field], "properties": {field: {"not": {"type": "null"}}}}
-                for field in ("input", "messages")
-            ],
-        },
-    )
-
-
-class ClassifyData(BaseModel):
-    """One classified input, in vLLM's shape."""
-
-    index: int
-    label: str
-    probs: list[float]
-    num_classes: int
-
-
-class ClassifyUsage(BaseModel):
-    """Token counts, in vLLM's shape."""
-
-    prompt_tokens: int
-    total_tokens: int
-    completion_tokens: int = 0
-
-
-class ClassifyResponse(BaseModel):
-    """vLLM's `/classify` response."""
-
-    id: str
-    object: Literal["list"] = "list"
-    created: int
-    model: str
-    data: list[ClassifyData]
-    usage: ClassifyUsage
-
-
 class MemberInfo(BaseModel):
     """One ensemble member as `/info` describes it."""
 
@@ -330,9 +293,20 @@ class MemberInfo(BaseModel):
     input_format: str
     normalization: dict[str, float]
     calibration: dict[str, float]
+    length_fit: dict[str, float] | None = Field(
+        description="reward ≈ intercept + slope x response tokens on the training responses (reward.json)."
+    )
     weight: float
     weights_sha256: str
     provenance: dict[str, Any]
+
+
+class LengthControlInfo(BaseModel):
+    """The server's length-control defaults; each request can override them."""
+
+    penalty: float = Field(description="α in r - α x response tokens; 0: off.")
+    residual: bool = Field(description="Whether the fitted length trend is subtracted by default.")
+    residual_available: bool = Field(description="Whether every member has a length fit to subtract.")
 
 
 class Limits(BaseModel):
@@ -360,4 +334,5 @@ class InfoResponse(BaseModel):
     aggregation: str | None = Field(description="Default aggregation; null until the model is loaded.")
     uncertainty_coef: float | None
     members: list[MemberInfo]
+    length_control: LengthControlInfo
     limits: Limits

@@ -42,9 +42,7 @@ async def score_items(
     """Rewards in input order. An item's reward never depends on what else is in the batch."""
     service.check_count(len(body.items))
     items = [_to_input(item) for item in body.items]
-    outcome = await until_disconnected(
-        request, service.score(items, normalize=body.normalize, aggregation=body.aggregation)
-    )
+    outcome = await until_disconnected(request, service.score(items, **body.scoring()))
     timing_headers(response, outcome)
     return ScoreResponse(
         model=service.model_id,
@@ -69,8 +67,7 @@ async def compare_responses(
             _prompt(body.prompt),
             body.response_a,
             body.response_b,
-            normalize=body.normalize,
-            aggregation=body.aggregation,
+            **body.scoring(),
         ),
     )
     timing_headers(response, result.outcome)
@@ -97,9 +94,7 @@ async def rank_best_of_n(
     service.check_count(len(body.responses))
     result = await until_disconnected(
         request,
-        service.best_of_n(
-            _prompt(body.prompt), body.responses, normalize=body.normalize, aggregation=body.aggregation
-        ),
+        service.best_of_n(_prompt(body.prompt), body.responses, **body.scoring()),
     )
     timing_headers(response, result.outcome)
     best = result.ranking[0]

@@ -7,7 +7,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from app.api.errors import ERROR_RESPONSES, error_body
-from app.api.protocol import InfoResponse, Limits, MemberInfo
+from app.api.protocol import InfoResponse, LengthControlInfo, Limits, MemberInfo
 from app.service import RewardService
 
 router = APIRouter(tags=["system"])
@@ -74,12 +74,18 @@ async def get_info(request: Request) -> InfoResponse:
                 input_format=m.formatter.format_name,
                 normalization=m.metadata.normalization.model_dump(),
                 calibration=m.metadata.calibration.model_dump(),
+                length_fit=m.metadata.length.model_dump() if m.metadata.length else None,
                 weight=m.model.weight,
                 weights_sha256=m.model.weights_sha256,
                 provenance=m.metadata.provenance,
             )
             for m in members
         ],
+        length_control=LengthControlInfo(
+            penalty=s.length_penalty,
+            residual=s.length_residual,
+            residual_available=bool(service.combiner and service.combiner.length_fits()),
+        ),
         limits=Limits(
             max_input_tokens=min((m.formatter.max_length for m in members), default=None),
             max_batch_size=s.max_batch_size,

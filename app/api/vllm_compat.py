@@ -5,16 +5,77 @@ from __future__ import annotations
 import math
 import time
 import uuid
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Request, Response
+from pydantic import BaseModel, ConfigDict, Field
 
 from app.api.deps import ReadyService, timing_headers, until_disconnected
 from app.api.errors import ERROR_RESPONSES
-from app.api.protocol import ClassifyData, ClassifyRequest, ClassifyResponse, ClassifyUsage
+from app.api.protocol import Content, Integer, Message, Strict
 from reward_model.errors import InvalidInput
 from reward_model.formatting import RewardInput
 
 router = APIRouter(tags=["vllm"], responses=ERROR_RESPONSES)
+
+
+class ClassifyRequest(Strict):
+    """vLLM's `/classify`: fully formatted texts (`input`), or one conversation (`messages`).
+
+    `model` is accepted whatever it names, so that a script written against a vLLM server runs
+    unchanged; vLLM's other request options are accepted and have no effect here."""
+
+    model: Content | None = None
+    input: Content | Annotated[list[Content], Field(min_length=1)] | None = None
+    messages: Annotated[list[Message], Field(min_length=1)] | None = None
+    use_activation: bool | None = Field(
+        default=None, description="false: the raw reward; else its sigmoid (vLLM's one-label default)."
+    )
+    user: Content | None = None
+    priority: Integer | None = None
+    truncate_prompt_tokens: Integer | None = None
+    add_special_tokens: bool | None = None
+
+    model_config = ConfigDict(
+        extra="forbid",
+        strict=True,
+        json_schema_extra={
+            "examples": [{"input": ["\n\nHuman: Hi\n\nAssistant: Hello!"], "use_activation": False}],
+            # exactly one of `input` and `messages` is given (not null)
+            "oneOf": [
+                {"required": [field], "properties": {field: {"not": {"type": "null"}}}}
+                for field in ("input", "messages")
+            ],
+        },
+    )
+
+
+class ClassifyData(BaseModel):
+    """One classified input, in vLLM's shape."""
+
+    index: int
+    label: str
+    probs: list[float]
+    num_classes: int
+
+
+class ClassifyUsage(BaseModel):
+    """Token counts, in vLLM's shape."""
+
+    prompt_tokens: int
+    total_tokens: int
+    completion_tokens: int = 0
+
+
+class ClassifyResponse(BaseModel):
+    """vLLM's `/classify` response."""
+
+    id: str
+    object: Literal["list"] = "list"
+    created: int
+    model: str
+    data: list[ClassifyData]
+    usage: ClassifyUsage
 
 
 @router.post("/classify", response_model=ClassifyResponse, summary="vLLM-compatible classification")

@@ -68,7 +68,8 @@ class AsyncRewardClient:
     # -- the endpoints ------------------------------------------------------------------------------
 
     async def score(self, items: Sequence[ItemLike], **options: Any) -> ScoreResult:
-        """Rewards for `items`, in order. `options`: normalize, aggregation, return_member_rewards."""
+        """Rewards for `items`, in order. `options`: normalize, aggregation, return_member_rewards,
+        length_penalty, length_residual."""
         bodies = [item_body(i) for i in items]
         deadline = self._deadline()
         parts = await self._chunked(
