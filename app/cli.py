@@ -30,9 +30,17 @@ def bound_kernel_caches() -> None:
 def main(argv: list[str] | None = None) -> None:
     """Entry point of `reward-serve`."""
     bound_kernel_caches()
+    from pydantic import ValidationError
     from pydantic_settings import CliApp
 
-    settings = CliApp.run(Settings, cli_args=sys.argv[1:] if argv is None else argv, cli_settings_source=None)
+    try:
+        settings = CliApp.run(
+            Settings, cli_args=sys.argv[1:] if argv is None else argv, cli_settings_source=None
+        )
+    except ValidationError as exc:  # a bad flag or environment value: one line, not pydantic's report
+        problems = [f"--{'-'.join(map(str, e['loc'])).replace('_', '-')}: {e['msg']}" for e in exc.errors()]
+        print(f"reward-serve: error: {'; '.join(problems)}", file=sys.stderr)
+        raise SystemExit(2) from None
     configure_logging(settings.log_level)
     try:
         if settings.model is None:

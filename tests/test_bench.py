@@ -54,7 +54,7 @@ def test_the_benchmark_runs_end_to_end_and_reports_every_ratio(bert_dir: Path, t
         assert results["ratios"][name] > 0, name
     assert 0 < results["padding_efficiency_hh"] <= 1
     assert all(v["errors"] == 0 for v in results["service"].values())
-    assert set(results["best_of_n"]) == {"n4", "n16", "n64"}
+    assert set(results["best_of_n"]) == {"n16"}  # --quick: one size
     assert "Target ratios (same run):" in result.stdout
 
 

@@ -236,6 +236,23 @@ def test_a_broken_checkpoint_stops_startup_with_one_line(tmp_path: Path, breakag
     assert message in startup_error(bad_checkpoint(tmp_path, breakage))
 
 
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--device", "quantum"], "--device: Value error, device must be auto, cpu, cuda or cuda:N"),
+        (["--max-batch-size", "0"], "--max-batch-size: Input should be greater than or equal to 1"),
+        (["--dtype", "float8"], "--dtype: Input should be 'auto', 'float32', 'bfloat16' or 'float16'"),
+    ],
+)
+def test_a_bad_setting_stops_startup_with_one_line(llama_dir: Path, args: list[str], message: str):
+    assert startup_error(llama_dir, *args) == f"reward-serve: error: {message}"
+
+
+def test_a_missing_checkpoint_stops_startup_with_one_line(tmp_path: Path):
+    missing = tmp_path / "nowhere"
+    assert startup_error(missing).endswith(f"{missing}: checkpoint directory does not exist")
+
+
 async def test_pickle_weights_load_when_the_operator_allows_them(tmp_path: Path):
     model_dir = bad_checkpoint(tmp_path, "pickle")
     async with running(model_dir, allow_pickle=True) as service:

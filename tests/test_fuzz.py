@@ -25,7 +25,7 @@ from tests.tiny_models import save_llama
 
 pytestmark = pytest.mark.slow
 
-EXAMPLES = int(os.environ.get("REWARD_FUZZ_EXAMPLES", "25"))
+EXAMPLES = int(os.environ.get("REWARD_FUZZ_EXAMPLES", "20"))
 OPENAPI = create_app(Settings(model="unused")).openapi()  # builds the app only: nothing loads
 schema = schemathesis.openapi.from_dict(OPENAPI)
 
