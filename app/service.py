@@ -22,7 +22,7 @@ from app.metrics import Metrics
 from app.runner import RewardModelRunner
 from app.settings import Settings
 from reward_model.checkpoint import read_layout, require_length_fit
-from reward_model.ensemble import Combiner, LengthControl, preference_probability
+from reward_model.ensemble import NO_LENGTH_FIT, Combiner, LengthControl, preference_probability
 from reward_model.errors import InferenceFailed, InvalidInput, RewardError
 from reward_model.formatting import EncodedInput, RewardInput
 
@@ -170,7 +170,7 @@ class RewardService:
             s.length_residual if residual is None else residual,
         )
         if control.residual and not self.scoring.length_fits():
-            raise InvalidInput("length_residual: the model's reward.json has no length fit (retrain it)")
+            raise InvalidInput(NO_LENGTH_FIT)
         return control
 
     async def score(

@@ -42,6 +42,7 @@ def aggregate(values: Sequence[float], method: str, *, weights: Sequence[float],
     raise InvalidInput(f"unknown aggregation {method!r}")
 
 
+NO_LENGTH_FIT = "length_residual: the model's reward.json has no length fit (retrain it)"
 MAX_LENGTH_PENALTY = 1e6
 """Bounds α so that α x tokens stays a finite reward (a reward is never returned non-finite)."""
 
@@ -127,7 +128,7 @@ class Combiner:
     def _residual(self, index: int, reward: float, tokens: int) -> float:
         fit = self.metadata[index].length
         if fit is None:
-            raise InvalidInput("length_residual: the model's reward.json has no length fit (retrain it)")
+            raise InvalidInput(NO_LENGTH_FIT)
         # centred on the training responses' mean length, so the normalization statistics still hold
         return reward - fit.slope * (tokens - fit.mean_tokens)
 
