@@ -42,7 +42,6 @@ def refusal(headers: dict[bytes, bytes], max_bytes: int) -> UnsupportedMediaType
         return UnsupportedMediaType(
             f"the request body must be JSON (Content-Type: application/json), {given}"
         )
-    length = headers.get(b"content-length")
     if length is not None and length.isdigit() and int(length) > max_bytes:
         return too_large(max_bytes)
     return None
