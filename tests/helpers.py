@@ -22,6 +22,7 @@ import httpx
 import torch
 import uvicorn
 from fastapi import FastAPI
+from fastapi.testclient import TestClient
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from app.metrics import Metrics
@@ -121,6 +122,14 @@ async def running(
         yield service
     finally:
         await service.stop()
+
+
+def wait_ready(client: TestClient) -> None:
+    """Poll an in-process app's /ready (bounded) until its model is loaded."""
+    deadline = time.monotonic() + 60
+    while client.get("/ready").status_code != 200:
+        assert time.monotonic() < deadline, "app never became ready"
+        time.sleep(0.05)
 
 
 @asynccontextmanager

@@ -11,13 +11,7 @@ from fastapi.testclient import TestClient
 
 from app.server import create_app
 from app.settings import Settings
-
-
-def wait_ready(client: TestClient) -> None:
-    deadline = time.monotonic() + 60
-    while client.get("/ready").status_code != 200:
-        assert time.monotonic() < deadline, "app never became ready"
-        time.sleep(0.05)
+from tests.helpers import wait_ready
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,6 @@ exactly, per request or as the server's default, in /score, /compare and /best-o
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +23,7 @@ from reward_model.checkpoint import (
 from reward_model.ensemble import Combiner, LengthControl
 from reward_model.errors import CheckpointError
 from reward_model.formatting import InputFormatter, RewardInput
-from tests.helpers import startup_error
+from tests.helpers import startup_error, wait_ready
 from tests.tiny_models import save_llama
 from training.calibration import fit_length
 
@@ -68,19 +67,9 @@ def fitted_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return save_llama(tmp_path_factory.mktemp("fitted"), length=FIT)
 
 
-def ready_client(settings: Settings) -> TestClient:
-    client = TestClient(create_app(settings))
-    client.__enter__()
-    deadline = time.monotonic() + 60
-    while client.get("/ready").status_code != 200:
-        assert time.monotonic() < deadline, "never ready"
-        time.sleep(0.05)
-    return client
-
-
 def test_score_compare_and_best_of_n_use_the_adjusted_reward(fitted_dir: Path):
-    client = ready_client(Settings(model=str(fitted_dir)))
-    try:
+    with TestClient(create_app(Settings(model=str(fitted_dir)))) as client:
+        wait_ready(client)
         items = [{"prompt": PROMPT, "response": r} for r in RESPONSES]
         raw = np.array(client.post("/score", json={"items": items}).json()["rewards"])
         tokens = np.array(response_tokens(fitted_dir))
@@ -110,25 +99,21 @@ def test_score_compare_and_best_of_n_use_the_adjusted_reward(fitted_dir: Path):
             "residual_available": True,
         }
         assert client.get("/info").json()["members"][0]["length_fit"] == FIT
-    finally:
-        client.__exit__(None, None, None)
 
 
 def test_the_server_default_applies_and_a_request_can_turn_it_off(fitted_dir: Path):
-    client = ready_client(Settings(model=str(fitted_dir), length_penalty=0.5))
-    try:
+    with TestClient(create_app(Settings(model=str(fitted_dir), length_penalty=0.5))) as client:
+        wait_ready(client)
         items = [{"prompt": PROMPT, "response": r} for r in RESPONSES]
         default = np.array(client.post("/score", json={"items": items}).json()["rewards"])
         off = np.array(client.post("/score", json={"items": items, "length_penalty": 0}).json()["rewards"])
         assert default == pytest.approx(off - 0.5 * np.array(response_tokens(fitted_dir)), abs=1e-5)
         assert client.get("/info").json()["length_control"]["penalty"] == 0.5
-    finally:
-        client.__exit__(None, None, None)
 
 
 def test_a_residual_without_a_fit_is_refused(llama_dir: Path, tmp_path: Path):
-    client = ready_client(Settings(model=str(llama_dir)))
-    try:
+    with TestClient(create_app(Settings(model=str(llama_dir)))) as client:
+        wait_ready(client)
         response = client.post(
             "/score", json={"items": [{"prompt": "a", "response": "b"}], "length_residual": True}
         )
@@ -140,8 +125,6 @@ def test_a_residual_without_a_fit_is_refused(llama_dir: Path, tmp_path: Path):
             "/score", json={"items": [{"prompt": "a", "response": "b"}], "length_penalty": -1}
         )
         assert negative.status_code == 422
-    finally:
-        client.__exit__(None, None, None)
     message = startup_error(llama_dir, "--length-residual")
     assert message.endswith(f"no length fit in the reward.json of {llama_dir.name} (retrain it)"), message
 
