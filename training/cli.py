@@ -148,12 +148,11 @@ def _scorer(args: argparse.Namespace, options: Any) -> Any:
         from reward_client import RewardClient
 
         client = RewardClient(args.url)
-
-        options = {"length_penalty": args.length_penalty, "length_residual": args.length_residual}
+        asked = {"length_penalty": args.length_penalty, "length_residual": args.length_residual}
 
         def through_service(items: Any) -> list[float]:
             bodies = [{"messages": [{"role": r, "content": c} for r, c in item.messages]} for item in items]
-            return list(client.score(bodies, **options).rewards)
+            return list(client.score(bodies, **asked).rewards)
 
         return through_service
     from reward_model.ensemble import LengthControl
