@@ -11,7 +11,7 @@ ARGS ?=
 VLLM_VENV ?= .venv-vllm
 VLLM_STAMP := $(VLLM_VENV)/.installed
 
-.PHONY: install serve test lint typecheck unit test-vllm bench demo clean
+.PHONY: install deploy-tools serve test lint typecheck unit test-vllm bench demo lock clean
 
 $(STAMP): pyproject.toml client/pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -23,20 +23,31 @@ $(STAMP): pyproject.toml client/pyproject.toml
 
 install: $(STAMP)
 
+# Debian's tools that the deployment tests run for real: docker-compose (config), nginx and Prometheus.
+DEPLOY_TOOLS := docker-compose prometheus nginx
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+deploy-tools:
+	@missing=""; for t in $(DEPLOY_TOOLS); do PATH="$$PATH:/usr/sbin" command -v $$t >/dev/null || missing=1; done; \
+	if [ -n "$$missing" ]; then \
+		echo "installing Debian's docker-compose, prometheus and nginx-light for the deployment tests"; \
+		$(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq \
+			--no-install-recommends docker-compose prometheus nginx-light >/dev/null; \
+	fi
+
 serve: $(STAMP)  ## serve ARGS (default: the demo model, trained on first run)
 	$(BIN)/reward-serve $(ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/yamllint -s docker-compose.yml deploy
-	$(BIN)/hadolint Dockerfile
+	$(BIN)/yamllint -s docker-compose*.yml deploy
+	$(BIN)/hadolint Dockerfile  # both variants: one file, a base stage each
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-unit: $(STAMP)
-	$(BIN)/pytest
+unit: $(STAMP) deploy-tools
+	REWARD_REQUIRE_TOOLS=1 $(BIN)/pytest
 
 $(VLLM_STAMP): pyproject.toml client/pyproject.toml
 	test -x $(VLLM_VENV)/bin/python || $(PYTHON) -m venv $(VLLM_VENV)
@@ -58,6 +69,13 @@ bench: $(STAMP)  ## benchmark the service against the offline limit and a naive 
 
 demo: $(STAMP)  ## train the demo model into the cache (reward-serve does this on first run)
 	$(BIN)/reward-train --preset demo $(ARGS)
+
+lock:  ## re-pin the image's packages (deploy/requirements.lock) from a clean install of the project
+	rm -rf .venv-lock && $(PYTHON) -m venv .venv-lock
+	.venv-lock/bin/python -m pip install --quiet "$(TORCH_SPEC)" .
+	{ sed -n '1,2p' deploy/requirements.lock; .venv-lock/bin/python -m pip freeze --exclude reward-server \
+		| sed 's/^torch==\([^+]*\)+.*/torch==\1/'; } > deploy/requirements.lock.new
+	mv deploy/requirements.lock.new deploy/requirements.lock && rm -rf .venv-lock
 
 clean:
 	rm -rf $(VENV) $(VLLM_VENV) .pytest_cache .mypy_cache .ruff_cache

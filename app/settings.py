@@ -20,6 +20,8 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(
         env_prefix="REWARD_",
+        # compose and Kubernetes pass an unset optional value as "": that means the default
+        env_ignore_empty=True,
         extra="forbid",
         cli_kebab_case=True,
         cli_implicit_flags=True,

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -19,6 +21,7 @@ from pathlib import Path
 from typing import ClassVar
 
 import httpx
+import pytest
 import torch
 import uvicorn
 from fastapi import FastAPI
@@ -183,19 +186,24 @@ def start_server(
         )
     server = Server(process, f"http://127.0.0.1:{port}", log_path)
     if wait_ready:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            if process.poll() is not None:
-                raise RuntimeError(f"reward-serve exited with {process.returncode}:\n{server.log()}")
-            try:
-                if httpx.get(f"{server.url}/ready", timeout=2).status_code == 200:
-                    return server
-            except httpx.TransportError:
-                pass
-            time.sleep(0.1)
-        stop_server(server)
-        raise RuntimeError(f"reward-serve not ready in 120 s:\n{server.log()}")
+        wait_until_ready(server)
     return server
+
+
+def wait_until_ready(server: Server) -> None:
+    """Wait (bounded) for a started server's /ready; stop it and raise with its log if it never is."""
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if server.process.poll() is not None:
+            raise RuntimeError(f"reward-serve exited with {server.process.returncode}:\n{server.log()}")
+        try:
+            if httpx.get(f"{server.url}/ready", timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.1)
+    stop_server(server)
+    raise RuntimeError(f"reward-serve not ready in 120 s:\n{server.log()}")
 
 
 def startup_error(model: Path, *args: str) -> str:
@@ -216,3 +224,49 @@ def stop_server(server: Server) -> None:
     except subprocess.TimeoutExpired:
         server.process.kill()
         server.process.wait()
+
+
+PROMQL_WORDS = {
+    "by", "without", "on", "ignoring", "group_left", "group_right", "bool", "offset", "and", "or",
+    "unless", "inf", "nan",
+}  # fmt: skip
+
+
+def promql_metric_names(expr: str) -> set[str]:
+    """The metric names a PromQL expression selects: identifiers that are not functions, aggregations,
+    keywords, label names (in `{...}` or `by (...)`), strings or durations."""
+    expr = re.sub(r'"(?:[^"\\]|\\.)*"', '""', expr)  # strings: label values, Grafana legends
+    expr = re.sub(r"\{[^}]*\}", "", expr)  # label matchers
+    expr = re.sub(r"\[[^\]]*\]", "", expr)  # range and subquery windows
+    expr = re.sub(r"\b(by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)", " ", expr)
+    names = set()
+    for match in re.finditer(r"[A-Za-z_:][A-Za-z0-9_:]*", expr):
+        rest = expr[match.end() :].lstrip()
+        if rest.startswith("(") or match.group().lower() in PROMQL_WORDS:
+            continue
+        names.add(match.group())
+    return names
+
+
+def exposed_metric_names(exposition: str) -> set[str]:
+    """Every series name a Prometheus text exposition can carry, from its `# TYPE` lines, so that
+    labelled families with no sample yet count too."""
+    suffixes = {"histogram": ("_bucket", "_sum", "_count")}
+    names = set()
+    for family, kind in re.findall(r"^# TYPE (\S+) (\S+)$", exposition, re.MULTILINE):
+        if kind == "counter":  # the TYPE line names a counter with or without `_total`
+            family = family.removesuffix("_total") + "_total"
+        names.update(family + suffix for suffix in suffixes.get(kind, ("",)))
+    return names
+
+
+def tool(name: str) -> str:
+    """The path of a deployment tool (Debian's nginx, prometheus, docker-compose). Absent: a skip, or a
+    failure under `make test`, which installs them (`make deploy-tools`) and sets REWARD_REQUIRE_TOOLS."""
+    path = shutil.which(name) or shutil.which(name, path="/usr/sbin:/sbin")
+    if path is None:
+        message = f"{name} is not installed (`make deploy-tools` installs it)"
+        if os.environ.get("REWARD_REQUIRE_TOOLS"):
+            pytest.fail(message)
+        pytest.skip(message)
+    return path

@@ -51,3 +51,21 @@ def ensure_demo_model(train: Callable[[Path], object] | None = None) -> Path:
             shutil.rmtree(partial)
     log.info("demo model ready in %s", target)
     return target
+
+
+def main() -> None:
+    """`python -m training.demo`: the deployment's one-off step that trains the demo before serving it.
+
+    It does nothing when `REWARD_MODEL` names a model, and nothing when the demo is already there, so
+    compose runs it before every start of the server at no cost after the first."""
+    from reward_model.console import configure_logging
+
+    configure_logging(os.environ.get("REWARD_LOG_LEVEL", "info"))
+    if os.environ.get("REWARD_MODEL"):
+        log.info("REWARD_MODEL is %s: no demo model needed", os.environ["REWARD_MODEL"])
+        return
+    ensure_demo_model()
+
+
+if __name__ == "__main__":
+    main()
