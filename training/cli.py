@@ -37,7 +37,12 @@ def train_main(argv: list[str] | None = None) -> None:
     except (DataError, ValueError) as exc:
         print(f"reward-train: error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
-    print(f"reward-train: wrote {path}")
+    from accelerate import PartialState
+
+    state = PartialState()  # the one the Trainer set up: under torchrun, this process's rank
+    if state.is_main_process:
+        print(f"reward-train: wrote {path}")
+    state.destroy_process_group()
 
 
 def eval_main(argv: list[str] | None = None) -> None:

@@ -57,7 +57,8 @@ class PreferenceCollator:
         losers: list[int] = []
         margins: list[float] = []
         weights: list[float] = []
-        for group in groups:
+        pair_groups: list[int] = []
+        for index, group in enumerate(groups):
             offset = len(sequences)
             sequences.extend(group.input_ids)
             for winner, loser, margin in group.pairs:
@@ -65,6 +66,7 @@ class PreferenceCollator:
                 losers.append(offset + loser)
                 margins.append(margin)
                 weights.append(1.0 / (len(group.pairs) * len(groups)))
+                pair_groups.append(index)
         batch = pad_batch(sequences, self.pad_id)
         return {
             "input_ids": batch.input_ids,
@@ -73,4 +75,18 @@ class PreferenceCollator:
             "losers": torch.tensor(losers, dtype=torch.long),
             "margins": torch.tensor(margins, dtype=torch.float32),
             "pair_weights": torch.tensor(weights, dtype=torch.float32),
+            "pair_groups": torch.tensor(pair_groups, dtype=torch.long),
         }
+
+
+def group_rows(margins: torch.Tensor, pair_groups: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-pair margins as a [groups, most pairs] table, and a same-shaped 1/0 mask of real entries."""
+    groups = int(pair_groups[-1]) + 1  # the collator numbers groups 0.. in order; each has a pair
+    counts = torch.bincount(pair_groups, minlength=groups)
+    starts = torch.cumsum(counts, 0) - counts
+    columns = torch.arange(len(pair_groups), device=margins.device) - starts[pair_groups]
+    table = margins.new_zeros((groups, int(counts.max())))
+    real = torch.zeros_like(table)
+    table[pair_groups, columns] = margins
+    real[pair_groups, columns] = 1.0
+    return table, real

@@ -1,7 +1,8 @@
 """`train`: data in, a served-ready checkpoint or ensemble out (weights, reward.json, report).
 
 Each member is trained by `trainer.fit_member`, then opened with the serving loader to fit its
-normalization and temperature on exactly the rewards `reward-serve` will return.
+normalization and temperature on exactly the rewards `reward-serve` will return. Under a distributed
+launch only the main process writes into the output directory.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from reward_model.checkpoint import (
 from reward_model.loading import LoadOptions, open_reward_model
 from training.calibration import fit_length, fit_temperature
 from training.config import RewardTrainingConfig
-from training.data import PreferenceGroup, load_preferences
+from training.data import LoadStats, PreferenceGroup, load_preferences
 from training.evaluate import TRAIN_ROWS_FILE, score_checkpoint, score_pairs, write_evaluation
 from training.trainer import FitResult, MemberRun, fit_member, format_type
 
@@ -49,15 +50,12 @@ def split_holdout(
     ]
 
 
-def train_member(run: MemberRun) -> dict[str, Any]:
-    """Train one reward model into `run.output`, then write its reward.json and validation report."""
-    fit = fit_member(run)
-    if fit is None:  # not the main process
-        return {}
+def finish_member(run: MemberRun, fit: FitResult) -> None:
+    """Write a trained member's reward.json, validation report and training row hashes (main process)."""
     metrics = finalize_checkpoint(run, fit)
+    _write_rows(run.output, run.train_groups)
     if metrics:
         log.info("%s: held-out accuracy %.3f on %d pairs", run.label, metrics["accuracy"], metrics["pairs"])
-    return metrics
 
 
 def finalize_checkpoint(run: MemberRun, fit: FitResult) -> dict[str, Any]:
@@ -93,6 +91,8 @@ def finalize_checkpoint(run: MemberRun, fit: FitResult) -> dict[str, Any]:
             "train_groups": len(fit.train_set),
             "eval_groups": len(eval_groups),
             "training_loss": fit.training_loss,
+            "world_size": fit.world_size,
+            "optimizer_steps": fit.steps,
             "config": asdict(config),
             "eval_metrics": {k: v for k, v in metrics.items() if k != "accuracy_by_length"},
             "software": _versions(),
@@ -113,13 +113,17 @@ def _versions() -> dict[str, str]:
 
 
 def train(config: RewardTrainingConfig) -> Path:
-    """Load data, split, and train one model or an ensemble; returns the output directory."""
+    """Load data, split, and train one model or an ensemble; returns the output directory.
+
+    Under torchrun or `accelerate launch`, every process trains every member together; then the main
+    process alone finishes the checkpoints (calibration, reports, reward.json, ensemble.json) while the
+    others return: no process waits in a collective, with its timeout, on work that only one does.
+    """
     if config.model is None or not config.data or config.output is None:
         raise ValueError("--model, --data and --output are required (or --preset demo)")
     if config.torch_threads:
         torch.set_num_threads(config.torch_threads)
     output = Path(config.output)
-    output.mkdir(parents=True, exist_ok=True)
     groups, stats = load_preferences(config.data, skip_invalid=config.skip_invalid)
     if config.eval_data:
         eval_groups, eval_stats = load_preferences(config.eval_data, skip_invalid=config.skip_invalid)
@@ -133,25 +137,47 @@ def train(config: RewardTrainingConfig) -> Path:
         len(eval_groups),
         dict(stats.skipped) or "none",
     )
+    runs = member_runs(config, train_groups, eval_groups, stats, output)
+    fits = [fit_member(run) for run in runs]
+    finished = [fit for fit in fits if fit is not None]
+    if len(finished) < len(runs):  # not the main process: training was its whole share
+        return output
+    for run, fit in zip(runs, finished, strict=True):
+        finish_member(run, fit)
+    if config.ensemble > 1:
+        finish_ensemble(config, output, eval_groups)
+    return output
+
+
+def member_runs(
+    config: RewardTrainingConfig,
+    train_groups: list[PreferenceGroup],
+    eval_groups: list[PreferenceGroup],
+    stats: LoadStats,
+    output: Path,
+) -> list[MemberRun]:
+    """The one model into `output`, or K members into `output/member-i` with seeds seed + i."""
     what = "the demo model" if config.preset == "demo" else output.name
     if config.ensemble <= 1:
-        train_member(
-            MemberRun(config, train_groups, eval_groups, stats, output, config.seed, f"training {what}")
-        )
-        _write_rows(output, train_groups)
-        return output
-    members = []
+        label = f"training {what}"
+        return [MemberRun(config, train_groups, eval_groups, stats, output, config.seed, label)]
+    runs = []
     for index in range(config.ensemble):
         seed = config.seed + index
         member_groups = train_groups
         if config.bootstrap:
             rng = random.Random(seed)
             member_groups = [train_groups[rng.randrange(len(train_groups))] for _ in train_groups]
-        name = f"member-{index}"
         label = f"training {what} (member {index + 1} of {config.ensemble})"
-        train_member(MemberRun(config, member_groups, eval_groups, stats, output / name, seed, label))
-        _write_rows(output / name, member_groups)
-        members.append(EnsembleMember(path=name, name=name))
+        runs.append(
+            MemberRun(config, member_groups, eval_groups, stats, output / f"member-{index}", seed, label)
+        )
+    return runs
+
+
+def finish_ensemble(config: RewardTrainingConfig, output: Path, eval_groups: list[PreferenceGroup]) -> None:
+    """Write ensemble.json over the finished members, calibrated and reported as served (main process)."""
+    members = [EnsembleMember(path=f"member-{i}", name=f"member-{i}") for i in range(config.ensemble)]
     provenance: dict[str, Any] = {
         "base_model": str(config.model),
         "members": config.ensemble,
@@ -173,7 +199,6 @@ def train(config: RewardTrainingConfig) -> Path:
         manifest.provenance["eval_metrics"] = {k: v for k, v in report.items() if k != "accuracy_by_length"}
         save_manifest(output, manifest)
         log.info("ensemble of %d: held-out accuracy %.3f", config.ensemble, report["accuracy"])
-    return output
 
 
 def _write_rows(output: Path, groups: list[PreferenceGroup]) -> None:

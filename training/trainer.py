@@ -1,13 +1,16 @@
 """RewardTrainer: transformers' Trainer with the Bradley-Terry loss, and `fit_member`, which runs it.
 
 Distribution, mixed precision and checkpointing are the Trainer's and accelerate's: launch with
-`torchrun --nproc_per_node=N -m training ...` or `accelerate launch -m training ...` for multi-GPU
-and multi-node training. The pipeline around it (data, ensembles, reward.json) is `pipeline.py`.
+`torchrun --nproc_per_node=N -m training ...` or `accelerate launch --multi_gpu --num_processes N
+-m training ...` for multi-GPU (or, without GPUs, multi-process CPU) and multi-node training; see
+docs/distributed-training.md. Every process trains; only the main one saves. The pipeline around
+it (data, ensembles, reward.json) is `pipeline.py`.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,7 +35,7 @@ from reward_model.loading import effective_max_length
 from reward_model.tensors import max_positions, reward_logits
 from training.config import RewardTrainingConfig
 from training.data import EncodedGroup, LoadStats, PreferenceGroup, encode_groups
-from training.loss import PreferenceCollator, preference_loss
+from training.loss import PreferenceCollator, group_rows, preference_loss
 
 log = logging.getLogger(__name__)
 
@@ -109,14 +112,18 @@ class RewardTrainer(Trainer):
         prediction_loss_only: bool,
         ignore_keys: list[str] | None = None,
     ) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
-        """Evaluation returns each pair's margin r_w - r_l; the label is a placeholder the Trainer needs."""
+        """Evaluation returns each pair's margin r_w - r_l, one row per group; labels mark the real pairs.
+
+        One row per group, not one per pair, because distributed evaluation gathers batches row-wise
+        and takes rows for samples (groups): a ranking's K-choose-2 pairs would unbalance the gather.
+        """
         inputs = self._prepare_inputs(inputs)
         with torch.no_grad():
             loss, out = self.compute_loss(model, inputs, return_outputs=True)
         if prediction_loss_only:
             return loss.detach(), None, None
-        margins = out["margins"].detach()
-        return loss.detach(), margins, torch.zeros_like(margins)
+        margins, real = group_rows(out["margins"].detach(), inputs["pair_groups"])
+        return loss.detach(), margins, real
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         """Add training accuracy, margin and reward statistics averaged since the last log."""
@@ -128,8 +135,9 @@ class RewardTrainer(Trainer):
 
 
 def pair_metrics(prediction: EvalPrediction) -> dict[str, float]:
-    """Accuracy and mean margin over evaluation pairs."""
-    margins = np.asarray(prediction.predictions, dtype=np.float64).reshape(-1)
+    """Accuracy and mean margin over evaluation pairs (the entries the labels mark as real)."""
+    real = np.asarray(prediction.label_ids).reshape(-1) == 1.0  # the Trainer pads with -100
+    margins = np.asarray(prediction.predictions, dtype=np.float64).reshape(-1)[real]
     return {"accuracy": float((margins > 0).mean()), "margin": float(margins.mean())}
 
 
@@ -147,6 +155,27 @@ def _precision(choice: str) -> tuple[bool, bool]:
     return choice == "bf16", choice == "fp16"
 
 
+def _has_accelerator() -> bool:
+    """Whether torch sees a GPU (or another accelerator) to train on."""
+    accelerator = getattr(torch, "accelerator", None)  # torch >= 2.6
+    if accelerator is not None:
+        return bool(accelerator.is_available())
+    return torch.cuda.is_available() or torch.backends.mps.is_available()
+
+
+def _check_world_size(args: TrainingArguments) -> None:
+    """Fail when the launcher started several processes but the Trainer joined none of them together.
+
+    Each process would then train its own model on all the data and rank 0's would be saved: a silent
+    waste at best, and the failure mode of a CPU run without `use_cpu`.
+    """
+    launched = int(os.environ.get("WORLD_SIZE", "1"))  # set by torchrun and accelerate launch
+    if launched > 1 and args.world_size == 1:
+        raise RuntimeError(
+            f"launched as {launched} processes, but the Trainer formed no process group of them"
+        )
+
+
 def _head_name(model: torch.nn.Module) -> str:
     return "score" if hasattr(model, "score") else "classifier"
 
@@ -158,6 +187,10 @@ class FitResult:
     train_set: list[EncodedGroup]
     max_length: int
     training_loss: float
+    world_size: int
+    """Processes that trained it together (the effective batch is batch size x accumulation x this)."""
+    steps: int
+    """Optimizer steps; every process takes each one, on its own share of the batch."""
 
 
 class TrainingProgress(TrainerCallback):  # type: ignore[misc]
@@ -273,7 +306,10 @@ def fit_member(run: MemberRun) -> FitResult | None:
         dataloader_num_workers=0,
         dataloader_pin_memory=torch.cuda.is_available(),
         disable_tqdm=True,  # TrainingProgress draws the one bar
+        # Without it, accelerate forms no CPU process group: under torchrun each process trains alone.
+        use_cpu=not _has_accelerator(),
     )
+    _check_world_size(args)
     callbacks: list[TrainerCallback] = [TrainingProgress(run.label)]
     if config.early_stopping_patience:
         callbacks.append(EarlyStoppingCallback(config.early_stopping_patience))
@@ -291,7 +327,9 @@ def fit_member(run: MemberRun) -> FitResult | None:
     result = trainer.train(resume_from_checkpoint=config.resume_from_checkpoint)
     if not trainer.is_world_process_zero():
         return None
+    # Under DDP every process holds the same weights, so rank 0's copy is the model; no gather needed.
     export = model.merge_and_unload() if config.lora_r > 0 else model  # type: ignore[operator]
     export.save_pretrained(output, safe_serialization=True)
     tokenizer.save_pretrained(output)
-    return FitResult(train_set, max_length, float(result.training_loss))
+    loss = float(result.training_loss)
+    return FitResult(train_set, max_length, loss, args.world_size, trainer.state.global_step)
