@@ -11,7 +11,6 @@ import json
 import os
 import platform
 import re
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -24,7 +23,7 @@ from bench import engines
 from bench.loadgen import load
 from bench.offline import offline_limit
 from bench.peer_runs import run_peers
-from bench.processes import free_port, wait_ready
+from bench.processes import free_port, start, stop
 from bench.report import plot, print_table, ratios
 
 REPO = Path(__file__).resolve().parent.parent
@@ -52,26 +51,6 @@ def long_prompt_items(count: int, seed: int = 0) -> list[dict[str, Any]]:
         {"prompt": prompt, "response": " ".join(rng.choice(words, size=int(rng.integers(16, 100))))}
         for _ in range(count)
     ]
-
-
-def start(command: list[str], url: str, log: Path) -> subprocess.Popen[bytes]:
-    """Start a server process and wait (bounded) until it answers /ready."""
-    with log.open("wb") as fh:
-        process = subprocess.Popen(command, stdout=fh, stderr=subprocess.STDOUT, cwd=REPO)
-    try:
-        wait_ready(process, f"{url}/ready", log, " ".join(command[:3]), 600)
-    except RuntimeError:
-        process.kill()
-        raise
-    return process
-
-
-def stop(process: subprocess.Popen[bytes]) -> None:
-    process.terminate()
-    try:
-        process.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        process.kill()
 
 
 def requests_of(items: list[dict[str, Any]], size: int) -> list[dict[str, Any]]:

@@ -1,4 +1,4 @@
-"""Starting the servers the benchmark measures: a free loopback port, and a bounded wait for readiness."""
+"""Starting the servers the benchmarks measure: a free loopback port, a bounded wait for readiness, a stop."""
 
 from __future__ import annotations
 
@@ -8,6 +8,8 @@ import time
 from pathlib import Path
 
 import httpx
+
+REPO = Path(__file__).resolve().parent.parent
 
 
 def free_port() -> int:
@@ -32,3 +34,27 @@ def wait_ready(process: subprocess.Popen[bytes], url: str, log: Path, what: str,
             pass
         time.sleep(0.3)
     raise RuntimeError(f"{what} not ready in {timeout:.0f} s:\n{log.read_text(errors='replace')[-3000:]}")
+
+
+def start(
+    command: list[str], url: str, log: Path, ready_path: str = "/ready", timeout: float = 600
+) -> subprocess.Popen[bytes]:
+    """Start a server process in the repository and wait (bounded) until `url + ready_path` answers 200."""
+    with log.open("wb") as fh:
+        process = subprocess.Popen(command, stdout=fh, stderr=subprocess.STDOUT, cwd=REPO)
+    try:
+        wait_ready(process, f"{url}{ready_path}", log, " ".join(command[:3]), timeout)
+    except RuntimeError:
+        process.kill()
+        raise
+    return process
+
+
+def stop(process: subprocess.Popen[bytes]) -> None:
+    """SIGTERM (the server drains), then SIGKILL after 30 s."""
+    process.terminate()
+    try:
+        process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()

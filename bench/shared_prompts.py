@@ -22,11 +22,11 @@ from pathlib import Path
 from typing import Any
 
 from bench import engines
-from bench.__main__ import hh_items, start, stop
+from bench.__main__ import hh_items
 from bench.loadgen import load
 from bench.peer_runs import check_parity, launch, reference_rewards, shutdown, warm_up
 from bench.peers import VLLMPeer
-from bench.processes import free_port
+from bench.processes import free_port, start, stop
 
 PROMPT_TOKENS, RESPONSE_TOKENS, N, GRPO_GROUP = 512, 64, 16, 8
 

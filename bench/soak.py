@@ -30,8 +30,8 @@ import httpx
 import numpy as np
 import psutil
 
-from bench.__main__ import hh_items, start, stop
-from bench.processes import free_port
+from bench.__main__ import hh_items
+from bench.processes import free_port, start, stop
 
 RSS_GROWTH_LIMIT = 0.05
 P99_SPREAD_LIMIT = 3.0

@@ -160,3 +160,12 @@ def test_grafana_dashboard_queries_only_metrics_the_service_exports():
     assert used - exported == set()
     assert {"reward_ready", "reward_queue_depth_items", "reward_value_bucket"} <= used
     assert "reward_ensemble_disagreement_bucket" in used and "reward_batch_padded_tokens_total" in used
+
+
+def test_an_empty_setting_from_compose_or_kubernetes_means_its_default(monkeypatch: pytest.MonkeyPatch):
+    """`REWARD_MODEL: ${REWARD_MODEL:-}` passes "" when unset: the demo, not a checkpoint named ""."""
+    for name in ("REWARD_MODEL", "REWARD_API_KEYS", "REWARD_DRAIN_SECONDS"):
+        monkeypatch.setenv(name, "")
+    settings = Settings()
+    assert settings.model is None and settings.api_keys is None
+    assert settings.drain_seconds == Settings.model_fields["drain_seconds"].default

@@ -20,6 +20,8 @@ import httpx
 import pytest
 import yaml
 
+from bench.processes import stop
+from bench.stack import DASHBOARD, REPO, start_nginx, start_prometheus
 from tests.helpers import (
     Server,
     exposed_metric_names,
@@ -31,8 +33,6 @@ from tests.helpers import (
     wait_until_ready,
 )
 
-REPO = Path(__file__).resolve().parent.parent
-DASHBOARD = REPO / "deploy/grafana/dashboards/reward-server.json"
 PAIRS = [("how do I bake bread?", "knead flour, water and yeast."), ("hi", "hello! how can I help?")]
 
 
@@ -41,46 +41,6 @@ class Stack:
     replicas: list[Server]
     lb_url: str
     prometheus_url: str
-
-
-def start(command: list[str], log: Path, ready_url: str) -> subprocess.Popen[bytes]:
-    """Start a process and wait (bounded) until `ready_url` answers 200."""
-    with log.open("wb") as out:
-        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"{command[0]} exited with {process.returncode}:\n{log.read_text()}")
-        try:
-            if httpx.get(ready_url, timeout=2).status_code == 200:
-                return process
-        except httpx.TransportError:
-            pass
-        time.sleep(0.1)
-    process.kill()
-    raise RuntimeError(f"{command[0]} not ready in 60 s:\n{log.read_text()}")
-
-
-def nginx_config(upstreams: list[str], port: int) -> str:
-    """deploy/nginx.conf with the replicas' addresses for Docker's `reward`, and a free port."""
-    text = (REPO / "deploy/nginx.conf").read_text()
-    line = re.search(r"^(\s*)server reward:8000( [^;]*);$", text, re.MULTILINE)
-    assert line, "deploy/nginx.conf no longer balances over `reward:8000`"
-    servers = "\n".join(f"{line.group(1)}server {address}{line.group(2)};" for address in upstreams)
-    text = text.replace(line.group(0), servers)
-    assert "listen 8000;" in text
-    return text.replace("listen 8000;", f"listen 127.0.0.1:{port};")
-
-
-def prometheus_config(targets: list[str]) -> dict[str, object]:
-    """deploy/prometheus.yml with the replicas' addresses for Docker's DNS discovery of `reward`."""
-    config = yaml.safe_load((REPO / "deploy/prometheus.yml").read_text())
-    [job] = config["scrape_configs"]
-    assert job.pop("dns_sd_configs") == [
-        {"names": ["reward"], "type": "A", "port": 8000, "refresh_interval": "15s"}
-    ]
-    job["static_configs"] = [{"targets": targets}]
-    return config
 
 
 @pytest.fixture(scope="module")
@@ -95,26 +55,13 @@ def stack(llama_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator
             wait_until_ready(replica)
         addresses = [r.url.removeprefix("http://") for r in replicas]
         lb_port, prom_port = free_port(), free_port()
-        (tmp / "nginx.conf").write_text(nginx_config(addresses, lb_port))
-        lb_url = f"http://127.0.0.1:{lb_port}"
-        command = [nginx, "-p", str(tmp), "-c", str(tmp / "nginx.conf"), "-e", str(tmp / "nginx-error.log")]
-        processes.append(
-            start([*command, "-g", "daemon off; pid nginx.pid;"], tmp / "nginx.log", f"{lb_url}/ready")
-        )
-        (tmp / "prometheus.yml").write_text(yaml.safe_dump(prometheus_config(addresses)))
-        prom_url = f"http://127.0.0.1:{prom_port}"
-        command = [
-            prometheus,
-            f"--config.file={tmp / 'prometheus.yml'}",
-            f"--storage.tsdb.path={tmp / 'tsdb'}",
-        ]
-        command.append(f"--web.listen-address=127.0.0.1:{prom_port}")
-        processes.append(start(command, tmp / "prometheus.log", f"{prom_url}/-/ready"))
+        processes.append(start_nginx(nginx, addresses, lb_port, tmp))
+        processes.append(start_prometheus(prometheus, addresses, prom_port, tmp))
+        lb_url, prom_url = f"http://127.0.0.1:{lb_port}", f"http://127.0.0.1:{prom_port}"
         yield Stack(replicas, lb_url, prom_url)
     finally:
         for process in processes:
-            process.terminate()
-            process.wait(timeout=30)
+            stop(process)
         for replica in replicas:
             stop_server(replica)
 
@@ -154,26 +101,14 @@ def test_a_refusing_replica_is_skipped(stack: Stack, tmp_path: Path):
     """A replica that is gone (refused connections) costs no request: nginx retries on the next."""
     dead = f"127.0.0.1:{free_port()}"
     port = free_port()
-    (tmp_path / "nginx.conf").write_text(
-        nginx_config([dead, stack.replicas[1].url.removeprefix("http://")], port)
-    )
-    command = [
-        tool("nginx"),
-        "-p",
-        str(tmp_path),
-        "-c",
-        str(tmp_path / "nginx.conf"),
-        "-e",
-        str(tmp_path / "e.log"),
-    ]
-    url = f"http://127.0.0.1:{port}"
-    nginx = start([*command, "-g", "daemon off; pid nginx.pid;"], tmp_path / "nginx.log", f"{url}/ready")
+    nginx = start_nginx(tool("nginx"), [dead, stack.replicas[1].url.removeprefix("http://")], port, tmp_path)
     try:
         direct = score(stack.replicas[1].url, PAIRS)
-        assert all(score(url, PAIRS) == pytest.approx(direct, abs=1e-5) for _ in range(6))
+        assert all(
+            score(f"http://127.0.0.1:{port}", PAIRS) == pytest.approx(direct, abs=1e-5) for _ in range(6)
+        )
     finally:
-        nginx.terminate()
-        nginx.wait(timeout=30)
+        stop(nginx)
 
 
 def query(stack: Stack, expr: str) -> list[dict[str, object]]:
