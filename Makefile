@@ -23,15 +23,19 @@ $(STAMP): pyproject.toml client/pyproject.toml
 
 install: $(STAMP)
 
-# Debian's tools that the deployment tests run for real: docker-compose (config), nginx and Prometheus.
-DEPLOY_TOOLS := docker-compose prometheus nginx
+# Debian's tools that the deployment tests run for real, as command:package: docker-compose (config),
+# nginx and Prometheus (a real stack), kubectl (kustomize). Installed only where the command is missing.
+DEPLOY_TOOLS := docker-compose:docker-compose prometheus:prometheus promtool:prometheus nginx:nginx-light \
+	kubectl:kubernetes-client
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 deploy-tools:
-	@missing=""; for t in $(DEPLOY_TOOLS); do PATH="$$PATH:/usr/sbin" command -v $$t >/dev/null || missing=1; done; \
+	@missing=""; for pair in $(DEPLOY_TOOLS); do \
+		PATH="$$PATH:/usr/sbin" command -v $${pair%%:*} >/dev/null || missing="$$missing $${pair##*:}"; \
+	done; \
 	if [ -n "$$missing" ]; then \
-		echo "installing Debian's docker-compose, prometheus and nginx-light for the deployment tests"; \
+		echo "installing Debian's$$missing for the deployment tests"; \
 		$(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq \
-			--no-install-recommends docker-compose prometheus nginx-light >/dev/null; \
+			--no-install-recommends $$missing >/dev/null; \
 	fi
 
 serve: $(STAMP)  ## serve ARGS (default: the demo model, trained on first run)

@@ -18,7 +18,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import httpx
 import pytest
@@ -33,6 +33,9 @@ from app.runner import RewardModelRunner
 from app.service import RewardService
 from app.settings import Settings
 from reward_model.formatting import InputFormatter, RewardInput
+
+if TYPE_CHECKING:
+    import promql_parser
 
 REPO = Path(__file__).resolve().parent.parent
 BUNDLED = REPO / "data" / "hh-rlhf-harmless-base-sample.jsonl.gz"
@@ -226,26 +229,24 @@ def stop_server(server: Server) -> None:
         server.process.wait()
 
 
-PROMQL_WORDS = {
-    "by", "without", "on", "ignoring", "group_left", "group_right", "bool", "offset", "and", "or",
-    "unless", "inf", "nan",
-}  # fmt: skip
+def promql_selectors(expr: str) -> list[promql_parser.VectorSelector]:
+    """The series selectors of a PromQL expression, by a real PromQL parser; a syntax error raises.
+    (Imported here: the vLLM environment runs these helpers without the dev tools.)"""
+    import promql_parser
+
+    found: list[promql_parser.VectorSelector] = []
+
+    def visit(node: promql_parser.Expr) -> None:
+        if isinstance(node, promql_parser.VectorSelector):
+            found.append(node)
+
+    promql_parser.walk(promql_parser.parse(expr), visit)
+    return found
 
 
 def promql_metric_names(expr: str) -> set[str]:
-    """The metric names a PromQL expression selects: identifiers that are not functions, aggregations,
-    keywords, label names (in `{...}` or `by (...)`), strings or durations."""
-    expr = re.sub(r'"(?:[^"\\]|\\.)*"', '""', expr)  # strings: label values, Grafana legends
-    expr = re.sub(r"\{[^}]*\}", "", expr)  # label matchers
-    expr = re.sub(r"\[[^\]]*\]", "", expr)  # range and subquery windows
-    expr = re.sub(r"\b(by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)", " ", expr)
-    names = set()
-    for match in re.finditer(r"[A-Za-z_:][A-Za-z0-9_:]*", expr):
-        rest = expr[match.end() :].lstrip()
-        if rest.startswith("(") or match.group().lower() in PROMQL_WORDS:
-            continue
-        names.add(match.group())
-    return names
+    """The metric names a PromQL expression reads."""
+    return {selector.name for selector in promql_selectors(expr)}
 
 
 def exposed_metric_names(exposition: str) -> set[str]:
