@@ -2,7 +2,7 @@
 #
 #   docker build -t reward-server:cpu .                                  # CPU (default)
 #   docker build -t reward-server:cuda --build-arg VARIANT=cuda .        # CUDA 12.8 runtime, bf16 on GPU
-#   docker build -t reward-server:my-rm --target baked \
+#   docker build -t reward-server:my-rm --build-arg MODEL_SOURCE=baked \
 #       --build-context model=./checkpoints/my-rm .                      # a checkpoint baked in
 #
 # The model comes from the /models volume by default (REWARD_MODEL=/models/<name>; unset: the demo,
@@ -10,6 +10,8 @@
 # but the pinned Python packages (deploy/requirements.lock) and torch from TORCH_INDEX_URL.
 
 ARG VARIANT=cpu
+# volume: the model comes from /models at run time; baked: from the `model` build context, into the image
+ARG MODEL_SOURCE=volume
 
 # --- the two bases: Python in a virtual environment, the user, the torch index of each variant ------
 FROM python:3.11.14-slim-bookworm AS base-cpu
@@ -70,12 +72,16 @@ STOPSIGNAL SIGTERM
 # One process: one model copy per member and one batch queue per copy. Never uvicorn --workers.
 ENTRYPOINT ["reward-serve"]
 
-# --- optional: a checkpoint baked into the image (--target baked --build-context model=<dir>) --------
+# --- where the model comes from: MODEL_SOURCE picks one of these two as the image -------------------
+# The files come from a build context (`--build-context model=<dir>`): a build argument is a string,
+# and a COPY of a path given as one would reach only inside the repository's own context.
 FROM scratch AS model
 
-FROM server AS baked
+FROM server AS model-baked
 COPY --from=model --chown=10001 / /opt/model/
 ENV REWARD_MODEL=/opt/model
 
-# --- the default target: the model comes from the /models volume -------------------------------------
-FROM server AS default
+FROM server AS model-volume
+
+# hadolint ignore=DL3006
+FROM model-${MODEL_SOURCE}

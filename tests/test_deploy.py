@@ -50,6 +50,12 @@ def test_dockerfile_builds_both_variants_from_the_lock():
     bases = {variant: image for image, variant in re.findall(r"^FROM (\S+) AS base-(\w+)$", DOCKERFILE, re.M)}
     assert set(bases) == {"cpu", "cuda"} and bases["cuda"].startswith("nvidia/cuda:")
     assert all(":" in image and not image.endswith(":latest") for image in bases.values()), bases
+    # MODEL_SOURCE picks the image: the model from the volume (default) or baked from a build context
+    assert re.search(r"^ARG MODEL_SOURCE=volume$", DOCKERFILE, re.MULTILINE)
+    stages = re.findall(r"^FROM (\S+)(?: AS (\S+))?$", DOCKERFILE, re.MULTILINE)
+    assert stages[-1] == ("model-${MODEL_SOURCE}", "")
+    assert {"model-volume", "model-baked", "model"} <= {alias for _, alias in stages}
+    assert "COPY --from=model --chown=10001 / /opt/model/" in DOCKERFILE
     [torch] = re.findall(r"^ARG TORCH_VERSION=(\S+)$", DOCKERFILE, re.MULTILINE)
     makefile = (REPO / "Makefile").read_text()
     assert f"TORCH_SPEC ?= torch=={torch}" in makefile
