@@ -8,8 +8,10 @@ TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 ARGS ?=
 # No byte-compiling of every installed file (vLLM's alone took 80 s of `make test`): Python compiles
-# the modules a program imports, once, when it first imports them.
+# the modules a program imports when it first imports them, and keeps them for the next import, which
+# an inherited PYTHONDONTWRITEBYTECODE=1 would forbid (every process would compile torch again).
 PIP_INSTALL = -m pip install --quiet --no-compile
+export PYTHONDONTWRITEBYTECODE :=
 
 VLLM_VENV ?= .venv-vllm
 VLLM_STAMP := $(VLLM_VENV)/.installed

@@ -68,6 +68,7 @@ def load_options(settings: Settings) -> LoadOptions:
         truncate=settings.truncate,
         trust_remote_code=settings.trust_remote_code,
         prefix_sharing=settings.prefix_sharing,
+        prefix_cache_mb=settings.prefix_cache_mb,
         allow_pickle=settings.allow_pickle,
     )
 

@@ -52,6 +52,10 @@ class BatchRunner(Protocol):
 
     def forward(self, sequences: Sequence[Sequence[int]], prefix_lengths: Sequence[int]) -> list[float]: ...
 
+    def take_prefix_cache_hits(self) -> tuple[int, int]:
+        """Prompts taken from the model's cache of earlier batches since the last call, and their tokens."""
+        ...
+
 
 @dataclass(frozen=True, slots=True)
 class ItemResult:
@@ -329,6 +333,9 @@ class DynamicBatcher:
             if len(group) > 1:
                 m.shared_prefix_items.labels(member).inc(len(group))
                 m.prefix_tokens_saved.labels(member).inc(group[0].prefix * (len(group) - 1))
+        hits, tokens = self.runner.take_prefix_cache_hits()  # prompts not run at all in this batch
+        m.prefix_cache_hits.labels(member).inc(hits)
+        m.prefix_tokens_saved.labels(member).inc(tokens)
 
     def _update_depth(self) -> None:
         self.metrics.queue_depth.labels(self.name).set(len(self._pending))

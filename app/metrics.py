@@ -124,6 +124,12 @@ class Metrics:
             ["member"],
             registry=r,
         )
+        self.prefix_cache_hits = Counter(
+            f"{PREFIX}_prefix_cache_hits",
+            "Prompts found among those kept from earlier batches (--prefix-cache-mb) instead of run again",
+            ["member"],
+            registry=r,
+        )
         self.shared_prefix_items = Counter(
             f"{PREFIX}_shared_prefix_items",
             "Items scored after a prefix that another item of the same batch shared",

@@ -23,6 +23,7 @@ class RewardModelRunner:
         # Ensemble members on one device take turns: concurrent forward passes would only fight
         # over the same cores or streams and make every member slower.
         self.device_lock = device_lock or threading.Lock()
+        self._seen_hits = (0, 0)
 
     @property
     def pad_id(self) -> int:
@@ -37,9 +38,22 @@ class RewardModelRunner:
             with self.device_lock:
                 return self.model.forward(sequences, prefix_lengths)
         except torch.OutOfMemoryError:
+            cache = self.model.engine.prefix_cache
+            if cache is not None:
+                cache.clear()  # kept prompts are the first memory to give back
             if self.model.device.type == "cuda":
                 torch.cuda.empty_cache()  # so that the batcher's retry on half the batch has the memory back
             raise
+
+    def take_prefix_cache_hits(self) -> tuple[int, int]:
+        """Prefixes the engine found in its cache instead of running them, and their tokens, since the
+        last call (the batcher counts them after each batch)."""
+        cache = self.model.engine.prefix_cache
+        if cache is None:
+            return 0, 0
+        hits, tokens = cache.hits - self._seen_hits[0], cache.hit_tokens - self._seen_hits[1]
+        self._seen_hits = (cache.hits, cache.hit_tokens)
+        return hits, tokens
 
     def warm_up(self, max_batch_size: int, max_batch_tokens: int) -> None:
         """One short input, then a full token budget of the longest inputs, so /ready means fast."""

@@ -106,6 +106,13 @@ class Settings(BaseSettings):
         description="Decoder models: run a prompt shared by several items of a batch once, whichever "
         "requests they came in. Rewards are the same either way (within 1e-4 in float32).",
     )
+    prefix_cache_mb: float = Field(
+        default=1024.0,
+        ge=0.0,
+        description="Decoders: memory (MiB) for prompts' keys and values kept from one batch to the next, "
+        "least recently used out, so that a prompt whose items straddle batches (GRPO samples) runs once. "
+        "0: a prompt is kept for its batch only. Rewards are the same either way.",
+    )
     api_key_file: Path | None = Field(
         default=None,
         description="File of API keys, one a line (# comments skipped). With keys set, every endpoint "

@@ -42,6 +42,8 @@ class LoadOptions:
     trust_remote_code: bool = False
     prefix_sharing: bool = True
     """Run a shared prompt once for all its responses, on engines and models that can."""
+    prefix_cache_mb: float = 1024.0
+    """Memory for prompts' keys and values kept across batches (decoders, transformers engine); 0: none."""
     allow_pickle: bool = False
     """Accept checkpoints whose only weights are pickle files (they can run code when loaded)."""
 
@@ -98,6 +100,7 @@ class ScoringModel:
             max_length=max_length,
             trust_remote_code=remote,
             compile=options.compile,
+            prefix_cache_bytes=int(options.prefix_cache_mb * 2**20) if options.prefix_sharing else 0,
         )
         self.shares_prefixes = options.prefix_sharing and self.engine.shares_prefixes
         self.prefix_sharing_note = (

@@ -37,6 +37,9 @@ class FakeRunner:
             raise RuntimeError("boom")
         return [math.nan if NAN_TOKEN in s else float(sum(s)) for s in sequences]
 
+    def take_prefix_cache_hits(self) -> tuple[int, int]:
+        return 0, 0
+
     async def wait_entered(self) -> None:
         assert await asyncio.to_thread(self.entered.wait, 10), "runner never started"
         self.entered.clear()

@@ -137,8 +137,11 @@ async def test_a_prompts_items_from_concurrent_requests_run_as_one_group(decoder
         metrics, name = service.metrics, service.members[0].name
     assert [len(b) for b in GatedRunner.batches] == [1, 8]  # eight separate requests, one batch
     assert len(set(GatedRunner.batches[1])) == 1 and GatedRunner.batches[1][0] >= MIN_SHARED_PREFIX
+    # 7 items ran after the group's prompt; and the prompt itself did not run again: the first
+    # request's batch left it in the prefix cache
     saved = metrics.prefix_tokens_saved.labels(name)._value.get()
-    assert saved == 7 * GatedRunner.batches[1][0]
+    assert saved == 8 * GatedRunner.batches[1][0]
+    assert metrics.prefix_cache_hits.labels(name)._value.get() == 1
     assert rewards == pytest.approx(await scored(decoder_dir, items, sharing=False), abs=1e-4)
 
 

@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING, Literal
 if TYPE_CHECKING:  # the CLI checks an engine before anything heavy is imported
     import torch
 
+    from reward_model.engines.prefix_cache import PrefixKVCache
+
 EngineName = Literal["transformers", "vllm"]
 ENGINES: tuple[EngineName, ...] = ("transformers", "vllm")
 
@@ -33,6 +35,9 @@ class RewardEngine(ABC):
     """True when `forward` runs each distinct prefix of `prefix_lengths` once (decoders only)."""
     prefix_sharing_note: str = "not supported by this engine"
     """Why prefixes are or are not shared, for `/info`."""
+    prefix_cache: PrefixKVCache | None = None
+    """Prefixes' keys and values kept across batches (the transformers engine on decoders); vLLM keeps
+    its own prefix cache."""
 
     @abstractmethod
     def forward(
@@ -66,6 +71,7 @@ def open_engine(
     max_length: int,
     trust_remote_code: bool = False,
     compile: bool = False,
+    prefix_cache_bytes: int = 0,
 ) -> RewardEngine:
     """Load the checkpoint's weights into the named engine."""
     if name == "vllm":
@@ -84,4 +90,5 @@ def open_engine(
         pad_id=pad_id,
         trust_remote_code=trust_remote_code,
         compile=compile,
+        prefix_cache_bytes=prefix_cache_bytes,
     )

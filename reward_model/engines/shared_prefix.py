@@ -2,7 +2,8 @@
 
 A batch of items, each split at its own prefix length (`reward_model.prefix_sharing`), runs as two
 forward passes:
-1. the distinct prefixes, right-padded, keeping every layer's keys and values;
+1. the distinct prefixes, right-padded, keeping every layer's keys and values (a prefix already in the
+   engine's `PrefixKVCache`, from an earlier batch, is taken from there instead of run);
 2. every item's suffix, right-padded, attending its own prefix's keys and values (selected per row,
    one layer at a time, never stored for the whole model) and, causally, its own earlier suffix
    tokens, at positions that continue its prefix. The reward is read at each item's last real token.
@@ -15,6 +16,7 @@ from typing import Any
 import torch
 from transformers import Cache, DynamicCache
 
+from reward_model.engines.prefix_cache import PrefixKVCache, PrefixStates
 from reward_model.prefix_sharing import SplitPlan
 from reward_model.tensors import pad_batch, uses_last_token_pooling
 
@@ -51,17 +53,12 @@ class _PrefixCache(Cache):
         return int(self.prefix_keys[layer_idx].shape[-2])
 
 
-def shared_prefix_logits(model: Any, plan: SplitPlan, pad_id: int, device: torch.device) -> torch.Tensor:
+def shared_prefix_logits(
+    model: Any, plan: SplitPlan, pad_id: int, device: torch.device, cache: PrefixKVCache | None = None
+) -> torch.Tensor:
     """One reward per item of `plan`, in order: prefixes once, then every suffix against its prefix."""
     base = getattr(model, model.base_model_prefix)
-    prefix = pad_batch(plan.prefixes, pad_id)
-    prefix_mask = prefix.attention_mask.to(device)
-    cache = DynamicCache(config=model.config)
-    prefix_ids = prefix.input_ids.to(device)
-    base(input_ids=prefix_ids, attention_mask=prefix_mask, past_key_values=cache, use_cache=True)
-    keys = [_filled(getattr(layer, "keys", None)) for layer in cache.layers]
-    values = [_filled(getattr(layer, "values", None)) for layer in cache.layers]
-    del cache
+    keys, values, prefix_mask = _prefix_states(base, model.config, plan.prefixes, pad_id, device, cache)
 
     rows = torch.tensor(plan.rows, device=device)
     suffix = pad_batch(plan.suffixes, pad_id)
@@ -82,6 +79,64 @@ def shared_prefix_logits(model: Any, plan: SplitPlan, pad_id: int, device: torch
     pooled = hidden[torch.arange(hidden.shape[0], device=device), last]
     logits: torch.Tensor = model.score(pooled)
     return logits[:, 0]
+
+
+def _prefix_states(
+    base: Any,
+    config: Any,
+    prefixes: list[tuple[int, ...]],
+    pad_id: int,
+    device: torch.device,
+    cache: PrefixKVCache | None,
+) -> tuple[list[torch.Tensor], list[torch.Tensor], torch.Tensor]:
+    """Every prefix's keys and values per layer, [prefixes, kv_heads, longest, head_dim], right-padded,
+    and the prefixes' attention mask: from the cache where it has them, from one pass for the rest."""
+    found: list[PrefixStates | None] = [cache.get(p) if cache is not None else None for p in prefixes]
+    missing = [i for i, states in enumerate(found) if states is None]
+    keeping = cache is not None and cache.max_bytes > 0
+    if missing:
+        run = [prefixes[i] for i in missing]
+        batch = pad_batch(run, pad_id)
+        mask = batch.attention_mask.to(device)
+        computed = DynamicCache(config=config)
+        base(
+            input_ids=batch.input_ids.to(device),
+            attention_mask=mask,
+            past_key_values=computed,
+            use_cache=True,
+        )
+        keys = [_filled(getattr(layer, "keys", None)) for layer in computed.layers]
+        values = [_filled(getattr(layer, "values", None)) for layer in computed.layers]
+        del computed
+        for row, i in enumerate(missing):
+            if keeping or len(missing) < len(prefixes):
+                n = len(prefixes[i])  # its real positions only: the rest were computed on padding
+                entry = PrefixStates(
+                    [k[row, :, :n].clone() for k in keys], [v[row, :, :n].clone() for v in values]
+                )
+                found[i] = entry
+                if cache is not None:
+                    cache.put(prefixes[i], entry)
+        if len(missing) == len(prefixes):  # nothing came from the cache: the pass's tensors as they are
+            return keys, values, mask
+    entries = [entry for entry in found if entry is not None]
+    width = max(len(p) for p in prefixes)
+    lengths = torch.tensor([len(p) for p in prefixes], device=device)
+    mask = (torch.arange(width, device=device)[None, :] < lengths[:, None]).long()
+
+    def stacked(states: list[torch.Tensor]) -> torch.Tensor:
+        heads, _, dim = states[0].shape
+        padded = states[0].new_zeros((len(states), heads, width, dim))
+        for row, t in enumerate(states):
+            padded[row, :, : t.shape[1]] = t
+        return padded
+
+    layers = range(len(entries[0].keys))
+    return (
+        [stacked([e.keys[layer] for e in entries]) for layer in layers],
+        [stacked([e.values[layer] for e in entries]) for layer in layers],
+        mask,
+    )
 
 
 def _filled(states: torch.Tensor | None) -> torch.Tensor:

@@ -20,6 +20,7 @@ from typing import Any
 import torch
 
 from reward_model.engines import RewardEngine
+from reward_model.engines.prefix_cache import PrefixKVCache
 from reward_model.engines.shared_prefix import shared_prefix_logits, supports_prefix_sharing
 from reward_model.errors import CheckpointError
 from reward_model.prefix_sharing import plan_split
@@ -91,6 +92,7 @@ class TransformersEngine(RewardEngine):
         trust_remote_code: bool,
         compile: bool = False,
         onednn: bool = True,
+        prefix_cache_bytes: int = 0,
     ) -> None:
         from transformers import AutoModelForSequenceClassification
 
@@ -110,8 +112,12 @@ class TransformersEngine(RewardEngine):
         model = model.to(device).eval()
         self.model = model
         self.shares_prefixes = supports_prefix_sharing(model)
+        self.prefix_cache = PrefixKVCache(prefix_cache_bytes if self.shares_prefixes else 0)
+        kept = (
+            f", and is kept for later batches ({prefix_cache_bytes / 2**20:g} MiB, least recently used out)"
+        )
         self.prefix_sharing_note = (
-            "decoder: each distinct prompt prefix runs once per batch"
+            f"decoder: each distinct prompt prefix runs once per batch{kept if prefix_cache_bytes else ''}"
             if self.shares_prefixes
             else "bidirectional or sliding-window attention: every item is encoded in full"
         )
@@ -144,7 +150,7 @@ class TransformersEngine(RewardEngine):
             for i, reward in zip(plain, self._plain([sequences[i] for i in plain]), strict=True):
                 rewards[i] = reward
         plan = plan_split([sequences[i] for i in split], [prefix_lengths[i] for i in split])
-        shared = shared_prefix_logits(self.model, plan, self.pad_id, self.device)
+        shared = shared_prefix_logits(self.model, plan, self.pad_id, self.device, self.prefix_cache)
         for i, reward in zip(split, shared.float().cpu().tolist(), strict=True):
             rewards[i] = float(reward)
         return rewards
