@@ -36,21 +36,30 @@ def supports_prefix_sharing(model: Any) -> bool:
 
 
 class _PrefixCache(Cache):
-    """The prefixes' keys and values, handed to each suffix row by layer; nothing from the suffix is kept."""
+    """The prefixes' keys and values, handed to each suffix row by layer; nothing from the suffix is kept.
 
-    def __init__(self, keys: list[torch.Tensor], values: list[torch.Tensor], rows: torch.Tensor) -> None:
+    Each layer's prefix states come padded to prefix + suffix width, so one gather per layer gives every
+    row its prefix and the room for its suffix, which is written in place: one copy of the prefix per row
+    and layer, not two (a gather, then a concatenation)."""
+
+    def __init__(
+        self, keys: list[torch.Tensor], values: list[torch.Tensor], rows: torch.Tensor, prefix_width: int
+    ) -> None:
         super().__init__(layers=[])
         self.prefix_keys, self.prefix_values, self.rows = keys, values, rows
+        self.prefix_width = prefix_width
 
     def update(  # type: ignore[override]
         self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int, *args: Any, **kwargs: Any
     ) -> tuple[torch.Tensor, torch.Tensor]:
         keys = self.prefix_keys[layer_idx].index_select(0, self.rows)
         values = self.prefix_values[layer_idx].index_select(0, self.rows)
-        return torch.cat([keys, key_states], dim=-2), torch.cat([values, value_states], dim=-2)
+        keys[:, :, self.prefix_width :] = key_states
+        values[:, :, self.prefix_width :] = value_states
+        return keys, values
 
     def get_seq_length(self, layer_idx: int = 0) -> int:
-        return int(self.prefix_keys[layer_idx].shape[-2])
+        return self.prefix_width
 
 
 def shared_prefix_logits(
@@ -72,7 +81,7 @@ def shared_prefix_logits(
         input_ids=suffix.input_ids.to(device),
         attention_mask=mask,
         position_ids=positions,
-        past_key_values=_PrefixCache(keys, values, rows),
+        past_key_values=_PrefixCache(_widened(keys, width), _widened(values, width), rows, keys[0].shape[-2]),
         use_cache=True,
     ).last_hidden_state
     last = suffix_mask.sum(dim=1) - 1
@@ -137,6 +146,11 @@ def _prefix_states(
         [stacked([e.values[layer] for e in entries]) for layer in layers],
         mask,
     )
+
+
+def _widened(states: list[torch.Tensor], extra: int) -> list[torch.Tensor]:
+    """Each layer's [prefixes, heads, width, dim] states with `extra` more (zero) positions, for suffixes."""
+    return [torch.nn.functional.pad(layer, (0, 0, 0, extra)) for layer in states]
 
 
 def _filled(states: torch.Tensor | None) -> torch.Tensor:
