@@ -39,7 +39,7 @@ def check(settings: Settings) -> str | None:
             return None if response.status == 200 else f"/ready answered {response.status}"
     except urllib.error.HTTPError as exc:  # 503 while loading or draining
         return f"/ready answered {exc.code}"
-    except (OSError, urllib.error.URLError) as exc:
+    except OSError as exc:  # refused, timed out, unresolvable (URLError is an OSError)
         return f"no answer from {request.full_url}: {getattr(exc, 'reason', exc)}"
 
 

@@ -66,9 +66,9 @@ def stack(llama_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator
             stop_server(replica)
 
 
-def score(url: str, pairs: list[tuple[str, str]]) -> list[float]:
+def score(url: str, pairs: list[tuple[str, str]], client: httpx.Client | None = None) -> list[float]:
     body = {"items": [{"prompt": p, "response": r} for p, r in pairs]}
-    response = httpx.post(f"{url}/score", json=body, timeout=60)
+    response = (client or httpx).post(f"{url}/score", json=body, timeout=60)
     assert response.status_code == 200, response.text
     return list(response.json()["rewards"])
 
@@ -83,7 +83,10 @@ def requests_served(replica: Server) -> float:
 def test_the_load_balancer_spreads_requests_and_changes_no_reward(stack: Stack):
     direct = score(stack.replicas[0].url, PAIRS)
     before = [requests_served(r) for r in stack.replicas]
-    through = [score(stack.lb_url, PAIRS) for _ in range(8)]
+    # one kept-alive connection, so one nginx worker and its balancing state: with a connection per
+    # request, each of several workers could send its first request to the same replica
+    with httpx.Client() as client:
+        through = [score(stack.lb_url, PAIRS, client) for _ in range(8)]
     assert all(rewards == pytest.approx(direct, abs=1e-5) for rewards in through)
     served = [requests_served(r) - b for r, b in zip(stack.replicas, before, strict=True)]
     assert sum(served) == 8 and min(served) >= 1, served
