@@ -20,6 +20,7 @@ from typing import Any
 import torch
 
 from reward_model.engines import RewardEngine
+from reward_model.engines.cascade_attention import use_cascade_attention
 from reward_model.engines.prefix_cache import PrefixKVCache
 from reward_model.engines.shared_prefix import shared_prefix_logits, supports_prefix_sharing
 from reward_model.errors import CheckpointError
@@ -112,6 +113,8 @@ class TransformersEngine(RewardEngine):
         model = model.to(device).eval()
         self.model = model
         self.shares_prefixes = supports_prefix_sharing(model)
+        if self.shares_prefixes:
+            use_cascade_attention(model)
         self.prefix_cache = PrefixKVCache(prefix_cache_bytes if self.shares_prefixes else 0)
         kept = (
             f", and is kept for later batches ({prefix_cache_bytes / 2**20:g} MiB, least recently used out)"
