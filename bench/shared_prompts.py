@@ -29,6 +29,7 @@ from bench.peers import VLLMPeer
 from bench.processes import free_port, start, stop
 
 PROMPT_TOKENS, RESPONSE_TOKENS, N, GRPO_GROUP = 512, 64, 16, 8
+BEST_OF_N_PROMPTS = 32
 
 
 def make_items(model_dir: Path, prompts: int) -> list[dict[str, Any]]:
@@ -91,8 +92,12 @@ class PrefixCachingVLLM(VLLMPeer):
         return [*super().command(model_dir, port, dtype), "--enable-prefix-caching"]
 
 
-def vllm_grpo(model: Path, texts: list[str], items: list[dict[str, Any]], seconds: float, work: Path) -> Any:
-    """The GRPO pattern against vLLM's server, same texts in the same order, after a parity check."""
+def vllm_grpo(
+    model: Path, texts: list[str], items: list[dict[str, Any]], order: list[int], seconds: float, work: Path
+) -> Any:
+    """The GRPO pattern against vLLM's server, the same texts in the same `order`, after a parity check
+    and a warm-up on the last prompt's texts, which the run never sends (so its prefix cache starts as
+    cold as ours)."""
     peer = PrefixCachingVLLM("vllm", "vLLM 0.32 (prefix caching on)", "/classify")
     if not peer.installed:
         return {"skipped": "vLLM peer not installed (bash bench/install_peers.sh)"}
@@ -104,10 +109,9 @@ def vllm_grpo(model: Path, texts: list[str], items: list[dict[str, Any]], second
         parity = check_parity(peer, base, texts[:4], reference_rewards(model, items[:4]))
         if not parity["ok"]:
             return {"parity": parity, "skipped": "rewards differ from ours"}
-        warm_up(peer, base, texts, sizes=(1, 8))
+        warm_up(peer, base, texts[-N:], sizes=(1, 8))
         print("vLLM: GRPO pattern, 64 clients ...", flush=True)
-        order = [texts[k + j] for k in range(0, len(texts), N) for j in range(GRPO_GROUP)]
-        bodies = [peer.body([t]) for t in order]
+        bodies = [peer.body([texts[i]]) for i in order]
         figures = load(peer.score_url(base), bodies, 64, seconds, work)
         return {"parity_max_abs_diff": parity["max_abs_diff"], "grpo": figures}
     finally:
@@ -123,11 +127,14 @@ def report(results: dict[str, Any]) -> None:
         f"split at {inv['split_at']} tokens; alone vs group of {N}: {inv['alone_vs_group_max_abs']:.2e}; "
         f"shared vs whole: {inv['shared_vs_whole_max_abs']:.2e}"
     )
-    on, off = results["best_of_n_on"], results["best_of_n_off"]
-    print(
-        f"best-of-n N={N}: p50 {off['p50_ms']:.0f} ms off, {on['p50_ms']:.0f} ms on: "
-        f"off / on = {off['p50_ms'] / on['p50_ms']:.2f}"
-    )
+    if "best_of_n_on" in results:
+        on, off = results["best_of_n_on"], results["best_of_n_off"]
+        print(
+            f"best-of-n N={N}: p50 {off['p50_ms']:.0f} ms off, {on['p50_ms']:.0f} ms on: "
+            f"off / on = {off['p50_ms'] / on['p50_ms']:.2f}"
+        )
+    if "grpo_on" not in results:
+        return
     on, off = results["grpo_on"], results["grpo_off"]
     print(
         f"GRPO pattern: {off['items_per_s']:.2f} items/s off, {on['items_per_s']:.2f} on: "
@@ -150,11 +157,12 @@ def main() -> None:
     parser.add_argument(
         "--prompts",
         type=int,
-        default=64,
-        help="distinct prompts; enough that none comes back during a run, as in a GRPO step "
-        "(a prompt sent again would find vLLM's prefix cache still warm from its last visit)",
+        default=128,
+        help="distinct prompts of the GRPO pattern; enough that none comes back during a run, as in a "
+        "GRPO step (a prompt sent again would find a prefix cache still warm from its last visit)",
     )
     parser.add_argument("--peers", default="vllm", help="'vllm' or 'none'")
+    parser.add_argument("--scenarios", default="best-of-n,grpo", help="which of best-of-n,grpo to run")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench-shared-"))
     if args.model is None:
@@ -163,20 +171,19 @@ def main() -> None:
         print("building the 12-layer decoder ...", flush=True)
         args.model = str(build_decoder(work / "decoder"))
     model = Path(args.model)
-    items = make_items(model, args.prompts)
+    # best-of-n's prompts, then the GRPO pattern's, then one for warm-ups: no prompt is in two of them
+    items = make_items(model, BEST_OF_N_PROMPTS + args.prompts + 1)
     results: dict[str, Any] = {"cpu": engines.cpu_facts(), "model": str(model)}
     print("invariance ...", flush=True)
     results["invariance"] = invariance(model, items)
     texts, prompts = rendered(model, items)
     best_of_n = [
         {"prompt": items[k]["prompt"], "responses": [i["response"] for i in items[k : k + N]]}
-        for k in range(0, len(items), N)
+        for k in range(0, BEST_OF_N_PROMPTS * N, N)
     ]
-    grpo = [
-        {"query": [texts[k + j]], "prompts": [prompts[k + j]]}
-        for k in range(0, len(items), N)
-        for j in range(GRPO_GROUP)
-    ]
+    order = [k + j for k in range(BEST_OF_N_PROMPTS * N, len(items) - N, N) for j in range(GRPO_GROUP)]
+    grpo = [{"query": [texts[i]], "prompts": [prompts[i]]} for i in order]
+    scenarios = set(args.scenarios.split(","))
     for sharing in ("on", "off"):
         port = free_port()
         url = f"http://127.0.0.1:{port}"
@@ -185,16 +192,18 @@ def main() -> None:
         command += ["--log-level", "warning", "--dtype", "float32", flag]
         server = start(command, url, work / "serve.log")
         try:
-            print(f"sharing {sharing}: best-of-n N={N} ...", flush=True)
-            results[f"best_of_n_{sharing}"] = load(
-                f"{url}/best-of-n", best_of_n, 1, args.seconds * 4, work, max_requests=len(best_of_n)
-            )
-            print(f"sharing {sharing}: GRPO pattern, 64 clients ...", flush=True)
-            results[f"grpo_{sharing}"] = load(f"{url}/get_reward", grpo, 64, args.seconds, work)
+            if "best-of-n" in scenarios:
+                print(f"sharing {sharing}: best-of-n N={N} ...", flush=True)
+                results[f"best_of_n_{sharing}"] = load(
+                    f"{url}/best-of-n", best_of_n, 1, args.seconds * 4, work, max_requests=len(best_of_n)
+                )
+            if "grpo" in scenarios:
+                print(f"sharing {sharing}: GRPO pattern, 64 clients ...", flush=True)
+                results[f"grpo_{sharing}"] = load(f"{url}/get_reward", grpo, 64, args.seconds, work)
         finally:
             stop(server)
-    if args.peers == "vllm":
-        results["vllm"] = vllm_grpo(model, texts, items, args.seconds, work)
+    if args.peers == "vllm" and "grpo" in scenarios:
+        results["vllm"] = vllm_grpo(model, texts, items, order, args.seconds, work)
     report(results)
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)

@@ -11,6 +11,7 @@ forward passes:
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import torch
@@ -77,8 +78,9 @@ def _prefix_states(
     missing = [i for i, states in enumerate(found) if states is None]
     if missing:
         batch = pad_batch([prefixes[i] for i in missing], pad_id)
-        computed = DynamicCache(config=config)
-        base(input_ids=batch.input_ids.to(device), past_key_values=computed, use_cache=True)
+        computed = _KeysAndValuesOnly(config=config)
+        with contextlib.suppress(_LastLayerKept):
+            base(input_ids=batch.input_ids.to(device), past_key_values=computed, use_cache=True)
         keys = [_filled(getattr(layer, "keys", None)) for layer in computed.layers]
         values = [_filled(getattr(layer, "values", None)) for layer in computed.layers]
         del computed
@@ -92,6 +94,24 @@ def _prefix_states(
                 cache.put(prefixes[i], entry)
             found[i] = entry
     return [entry for entry in found if entry is not None]
+
+
+class _LastLayerKept(Exception):
+    """The prefix pass has every layer's keys and values: what it would compute next is never read."""
+
+
+class _KeysAndValuesOnly(DynamicCache):
+    """Keeps each layer's keys and values and ends the prefix pass once the last layer's are in: the
+    prefix's own outputs are never read, so its last layer's attention and MLP (about 1/12 of a
+    12-layer prefix pass) would be wasted."""
+
+    def update(  # type: ignore[override]
+        self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int, *args: Any, **kwargs: Any
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        kept = super().update(key_states, value_states, layer_idx, *args, **kwargs)
+        if layer_idx == len(self.layers) - 1:
+            raise _LastLayerKept
+        return kept
 
 
 def _filled(states: torch.Tensor | None) -> torch.Tensor:
