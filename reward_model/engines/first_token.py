@@ -44,9 +44,7 @@ class FirstTokenLayer(torch.nn.Module):
         def split(x: torch.Tensor, length: int) -> torch.Tensor:
             return x.view(batch, length, heads, size).transpose(1, 2)
 
-        mask = attention_mask[:, :, :1] if attention_mask is not None and attention_mask.dim() == 4 else None
-        if attention_mask is not None and mask is None:
-            raise ValueError(f"expected a 4D attention mask, got {tuple(attention_mask.shape)}")
+        mask = None if attention_mask is None else attention_mask[:, :, :1]  # [B, 1, S or 1, S]: first row
         context = torch.nn.functional.scaled_dot_product_attention(
             split(own.query(first), 1),
             split(own.key(hidden_states), width),

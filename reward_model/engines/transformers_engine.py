@@ -120,14 +120,17 @@ class TransformersEngine(RewardEngine):
         if self.shares_prefixes:
             use_cascade_attention(model)
         self.prefix_cache = PrefixKVCache(prefix_cache_bytes if self.shares_prefixes else 0)
-        kept = (
-            f", and is kept for later batches ({prefix_cache_bytes / 2**20:g} MiB, least recently used out)"
-        )
-        self.prefix_sharing_note = (
-            f"decoder: each distinct prompt prefix runs once per batch{kept if prefix_cache_bytes else ''}"
-            if self.shares_prefixes
-            else "bidirectional or sliding-window attention: every item is encoded in full"
-        )
+        if not self.shares_prefixes:
+            self.prefix_sharing_note = (
+                "bidirectional or sliding-window attention: every item is encoded in full"
+            )
+        elif prefix_cache_bytes:
+            self.prefix_sharing_note = (
+                "decoder: each distinct prompt prefix runs once per batch, and is kept for later batches "
+                f"({prefix_cache_bytes / 2**20:g} MiB, least recently used out)"
+            )
+        else:
+            self.prefix_sharing_note = "decoder: each distinct prompt prefix runs once per batch"
         self.compiled = compile
         self.packed_linears = 0
         if compile:
