@@ -11,6 +11,8 @@ from typing import Any
 
 import torch
 
+from reward_model.engines.last_token import pools_last_token_only
+
 
 @dataclass(frozen=True)
 class PaddedBatch:
@@ -39,13 +41,22 @@ def reward_logits(model: Any, input_ids: torch.Tensor, attention_mask: torch.Ten
     """
     if uses_last_token_pooling(model):
         base = getattr(model, model.base_model_prefix)
-        hidden = base(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
         last = attention_mask.sum(dim=1) - 1
-        pooled = hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
+        pooled = last_token_states(base, last, input_ids=input_ids, attention_mask=attention_mask)
         logits: torch.Tensor = model.score(pooled)
     else:
         logits = model(input_ids=input_ids, attention_mask=attention_mask).logits
     return logits[:, 0]
+
+
+def last_token_states(base: Any, last: torch.Tensor, **inputs: Any) -> torch.Tensor:
+    """The decoder `base`'s final hidden state at index `last` of each row, [B, hidden]. A base whose
+    last layer runs for the pooled token alone (`engines.last_token`) is told where, and returns only it."""
+    if pools_last_token_only(base):
+        only: torch.Tensor = base(**inputs, pooled_at=last).last_hidden_state[:, 0]
+        return only
+    hidden: torch.Tensor = base(**inputs).last_hidden_state
+    return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
 
 
 def uses_last_token_pooling(model: Any) -> bool:

@@ -12,6 +12,7 @@ forward passes:
 from __future__ import annotations
 
 import contextlib
+import inspect
 from typing import Any
 
 import torch
@@ -20,7 +21,7 @@ from transformers import DynamicCache
 from reward_model.engines.cascade_attention import PrefixGroups
 from reward_model.engines.prefix_cache import PrefixKVCache, PrefixStates
 from reward_model.prefix_sharing import SplitPlan
-from reward_model.tensors import pad_batch, uses_last_token_pooling
+from reward_model.tensors import last_token_states, pad_batch, uses_last_token_pooling
 
 
 def supports_prefix_sharing(model: Any) -> bool:
@@ -55,11 +56,15 @@ def shared_prefix_logits(
     positions = prefix_lengths[:, None] + torch.arange(width, device=device)[None, :]
     # No mask: right padding and causal attention keep real tokens away from pads, whose outputs
     # are never read; each suffix's prefix comes from `groups`.
-    hidden = base(
-        input_ids=suffix.input_ids.to(device), position_ids=positions, prefix_groups=groups, use_cache=False
-    ).last_hidden_state
     last = suffix.attention_mask.to(device).sum(dim=1) - 1
-    pooled = hidden[torch.arange(hidden.shape[0], device=device), last]
+    pooled = last_token_states(
+        base,
+        last,
+        input_ids=suffix.input_ids.to(device),
+        position_ids=positions,
+        prefix_groups=groups,
+        use_cache=False,
+    )
     logits: torch.Tensor = model.score(pooled)
     return logits[:, 0]
 
@@ -80,7 +85,7 @@ def _prefix_states(
         batch = pad_batch([prefixes[i] for i in missing], pad_id)
         computed = _KeysAndValuesOnly(config=config)
         with contextlib.suppress(_LastLayerKept):
-            base(input_ids=batch.input_ids.to(device), past_key_values=computed, use_cache=True)
+            base(input_ids=batch.input_ids.to(device), **{_cache_argument(base): computed}, use_cache=True)
         keys = [_filled(getattr(layer, "keys", None)) for layer in computed.layers]
         values = [_filled(getattr(layer, "values", None)) for layer in computed.layers]
         del computed
@@ -112,6 +117,11 @@ class _KeysAndValuesOnly(DynamicCache):
         if layer_idx == len(self.layers) - 1:
             raise _LastLayerKept
         return kept
+
+
+def _cache_argument(base: Any) -> str:
+    """transformers 5.25 renamed the forward's `past_key_values` to `cache` (the old name goes in 5.40)."""
+    return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
 
 
 def _filled(states: torch.Tensor | None) -> torch.Tensor:

@@ -24,6 +24,7 @@ import torch
 from reward_model.engines import RewardEngine
 from reward_model.engines.cascade_attention import use_cascade_attention
 from reward_model.engines.first_token import pool_first_token_only
+from reward_model.engines.last_token import pool_last_token_only
 from reward_model.engines.prefix_cache import PrefixKVCache
 from reward_model.engines.shared_prefix import shared_prefix_logits, supports_prefix_sharing
 from reward_model.errors import CheckpointError
@@ -116,6 +117,7 @@ class TransformersEngine(RewardEngine):
         model = model.to(device).eval()
         self.model = model
         self.first_token_only = pool_first_token_only(model)
+        self.last_token_only = pool_last_token_only(model)
         self.shares_prefixes = supports_prefix_sharing(model)
         if self.shares_prefixes:
             use_cascade_attention(model)
