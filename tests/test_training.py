@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from reward_model.devices import cpu_has_native_bf16
 from reward_model.formatting import InputFormatter
 from tests.tiny_models import bert_tokenizer
 from training.calibration import expected_calibration_error, fit_temperature
@@ -250,6 +251,8 @@ def test_one_training_step_changes_the_parameters(bert_dir: Path, tmp_path: Path
     assert "classifier.weight" in changed and any(k.startswith("bert.encoder") for k in changed)
     metadata = json.loads((out / "reward.json").read_text())
     assert metadata["provenance"]["train_groups"] == 6 and metadata["provenance"]["eval_groups"] == 2
+    # `--precision auto` on a CPU: bf16 autocast only where the CPU computes bf16 natively
+    assert metadata["provenance"]["precision"] == ("bf16" if cpu_has_native_bf16() else "fp32")
     assert metadata["normalization"]["std"] > 0 and metadata["calibration"]["temperature"] > 0
     assert (out / "eval" / "report.md").exists()
 

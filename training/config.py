@@ -40,7 +40,9 @@ class RewardTrainingConfig:
     max_length: int = _opt(512, "Max tokens per response input; the prompt is cut from the left first.")
     input_format: str = _opt("auto", "auto | chat_template | plain (the HH transcript format).")
     seed: int = _opt(42, "Random seed (member i of an ensemble uses seed + i).")
-    precision: str = _opt("auto", "auto | fp32 | bf16 | fp16. auto: bf16 on GPUs that support it, else fp32.")
+    precision: str = _opt(
+        "auto", "auto | fp32 | bf16 | fp16. auto: bf16 on GPUs and CPUs that compute it natively, else fp32."
+    )
     gradient_checkpointing: bool = _opt(False, "Trade compute for memory.")
     disable_dropout: bool = _opt(
         True, "Set every dropout to 0, as reward training usually does (TRL's default)."

@@ -93,6 +93,7 @@ def finalize_checkpoint(run: MemberRun, fit: FitResult) -> dict[str, Any]:
             "training_loss": fit.training_loss,
             "world_size": fit.world_size,
             "optimizer_steps": fit.steps,
+            "precision": fit.precision,
             "config": asdict(config),
             "eval_metrics": {k: v for k, v in metrics.items() if k != "accuracy_by_length"},
             "software": _versions(),

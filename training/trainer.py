@@ -30,6 +30,7 @@ from transformers import (
 )
 
 from reward_model.checkpoint import RewardMetadata
+from reward_model.devices import cpu_has_native_bf16
 from reward_model.formatting import FormatType, InputFormatter
 from reward_model.loading import effective_max_length
 from reward_model.tensors import max_positions, reward_logits
@@ -149,9 +150,15 @@ def format_type(config: RewardTrainingConfig) -> FormatType:
 
 
 def _precision(choice: str) -> tuple[bool, bool]:
+    """(bf16, fp16) mixed precision: weights and optimizer stay float32, matmuls autocast.
+
+    `auto` is bf16 where the hardware computes it: GPUs that support it, and CPUs with AVX512-BF16 or
+    AMX (the demo trains 1.4x faster on a Xeon with AMX, held-out accuracy within its standard error,
+    README). Elsewhere float32: a CPU without them emulates bf16, many times slower."""
     if choice == "auto":
-        cuda = torch.cuda.is_available()
-        return cuda and torch.cuda.is_bf16_supported(), False
+        if torch.cuda.is_available():
+            return torch.cuda.is_bf16_supported(), False
+        return not _has_accelerator() and cpu_has_native_bf16(), False
     return choice == "bf16", choice == "fp16"
 
 
@@ -191,6 +198,8 @@ class FitResult:
     """Processes that trained it together (the effective batch is batch size x accumulation x this)."""
     steps: int
     """Optimizer steps; every process takes each one, on its own share of the batch."""
+    precision: str
+    """What the matmuls ran in: bf16, fp16 or fp32 (`--precision auto` resolved on this machine)."""
 
 
 class TrainingProgress(TrainerCallback):  # type: ignore[misc]
@@ -332,4 +341,5 @@ def fit_member(run: MemberRun) -> FitResult | None:
     export.save_pretrained(output, safe_serialization=True)
     tokenizer.save_pretrained(output)
     loss = float(result.training_loss)
-    return FitResult(train_set, max_length, loss, args.world_size, trainer.state.global_step)
+    precision = "bf16" if bf16 else "fp16" if fp16 else "fp32"
+    return FitResult(train_set, max_length, loss, args.world_size, trainer.state.global_step, precision)
