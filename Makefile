@@ -55,8 +55,14 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
+# The suite in two passes: first spread over the cores (pytest-xdist, one worker per core, at most 4;
+# `loadscope` keeps a test module on one worker, so its module's server starts once), then the tests
+# marked `serial`, alone, because they judge latencies that a neighbouring test would disturb.
+# Plain `pytest` runs everything in one process, in order.
+PYTEST_WORKERS ?= $(shell n=$$(nproc 2>/dev/null || echo 1); [ "$$n" -gt 4 ] && n=4; echo $$n)
 unit: $(STAMP) deploy-tools
-	REWARD_REQUIRE_TOOLS=1 $(BIN)/pytest
+	REWARD_REQUIRE_TOOLS=1 $(BIN)/pytest -n $(PYTEST_WORKERS) --dist loadscope -m "not serial"
+	REWARD_REQUIRE_TOOLS=1 $(BIN)/pytest -m serial
 
 $(VLLM_STAMP): pyproject.toml client/pyproject.toml
 	test -x $(VLLM_VENV)/bin/python || $(PYTHON) -m venv $(VLLM_VENV)

@@ -48,8 +48,9 @@ def minilm_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return target
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def llama_server(llama_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """One server for every module that only reads from it (a server start costs ~20 s of CI)."""
     server = start_server(llama_dir, tmp_path_factory.mktemp("srv"), "--max-wait-ms", "5")
     yield server
     stop_server(server)

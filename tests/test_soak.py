@@ -12,7 +12,7 @@ import pytest
 
 from tests.helpers import REPO
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.serial]
 
 
 def test_a_short_soak_sees_only_200_and_429_flat_memory_and_bounded_p99(llama_dir: Path):

@@ -33,23 +33,24 @@ def vllm_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 @needs_vllm
-@pytest.mark.parametrize("name", ["llama", "bert", "minilm"])
-async def test_vllm_rewards_match_a_direct_forward_and_ignore_the_batch(
-    name: str, vllm_models: dict[str, Path], minilm_dir: Path
-):
-    model_dir = minilm_dir if name == "minilm" else vllm_models[name]
-    async with running(model_dir, engine="vllm") as service:
+async def test_vllm_rewards_of_minilm_match_a_direct_forward_and_ignore_the_batch(minilm_dir: Path):
+    async with running(minilm_dir, engine="vllm") as service:
         alone = [(await service.score([item])).rewards[0] for item in ITEMS]
         mixed = (await service.score(ITEMS * 4)).rewards
         ids = [e.input_ids for e in service.members[0].formatter.encode(ITEMS)]
         engine = service.members[0].model.engine
         assert (engine.name, str(engine.dtype)) == ("vllm", "torch.float32")
-    assert alone == pytest.approx(direct_rewards(model_dir, ids), abs=1e-4)
+    assert alone == pytest.approx(direct_rewards(minilm_dir, ids), abs=1e-4)
     assert max(abs(reward - alone[i % len(ITEMS)]) for i, reward in enumerate(mixed)) <= 1e-4
 
 
 @needs_vllm
-async def test_an_ensemble_is_served_by_vllm(vllm_models: dict[str, Path], tmp_path: Path):
+async def test_an_ensemble_of_llama_and_bert_served_by_vllm_keeps_each_members_parity(
+    vllm_models: dict[str, Path], tmp_path: Path
+):
+    """One vLLM engine per member (a decoder and an encoder): each member's raw rewards match a direct
+    forward and ignore the batch, and the ensemble combines them. The tiny Llama and BERT get their
+    parity checked here rather than each in a test of its own: every vLLM engine start costs CI ~30 s."""
     root = tmp_path / "ensemble"
     root.mkdir()
     for name, path in vllm_models.items():
@@ -57,15 +58,21 @@ async def test_an_ensemble_is_served_by_vllm(vllm_models: dict[str, Path], tmp_p
     members = [EnsembleMember(path="llama"), EnsembleMember(path="bert")]
     save_manifest(root, EnsembleManifest(members=members, aggregation="mean"))
     async with running(root, engine="vllm") as service:
+        alone = [(await service.score([item], normalize=False)).items[0].member_rewards for item in ITEMS]
+        mixed = [i.member_rewards for i in (await service.score(ITEMS * 4, normalize=False)).items]
         outcome = await service.score(ITEMS)
-        direct = []
-        for member in service.members:
-            ids = [e.input_ids for e in member.formatter.encode(ITEMS)]
-            norm = member.metadata.normalization
-            direct.append([(r - norm.mean) / norm.std for r in direct_rewards(root / member.name, ids)])
-        assert [m.model.engine.name for m in service.members] == ["vllm", "vllm"]
+        ids = {m.name: [e.input_ids for e in m.formatter.encode(ITEMS)] for m in service.members}
+        norms = {m.name: m.metadata.normalization for m in service.members}
+        assert [(m.name, m.model.engine.name) for m in service.members] == [
+            ("llama", "vllm"),
+            ("bert", "vllm"),
+        ]
+    raw = {name: direct_rewards(root / name, member_ids) for name, member_ids in ids.items()}
+    for k, name in enumerate(raw):
+        assert [a[k] for a in alone] == pytest.approx(raw[name], abs=1e-4), name
+        assert max(abs(m[k] - alone[i % len(ITEMS)][k]) for i, m in enumerate(mixed)) <= 1e-4, name
     for i, item in enumerate(outcome.items):
-        values = [d[i] for d in direct]
+        values = [(raw[name][i] - norms[name].mean) / norms[name].std for name in raw]
         assert item.reward == pytest.approx(sum(values) / 2, abs=1e-4)
         assert item.std == pytest.approx(math.fabs(values[0] - values[1]) / 2, abs=1e-4)
 
