@@ -57,7 +57,8 @@ typecheck: $(STAMP)
 
 # The suite in two passes: first spread over the cores (pytest-xdist, one worker per core, at most 4;
 # `loadscope` keeps a test module on one worker, so its module's server starts once), then the tests
-# marked `serial`, alone, because they judge latencies that a neighbouring test would disturb.
+# marked `serial`, alone: the soak judges latencies that a neighbouring test would disturb, and the
+# schemathesis fuzzing reports each operation as a sub-result, which xdist would drop if it failed.
 # Plain `pytest` runs everything in one process, in order.
 PYTEST_WORKERS ?= $(shell n=$$(nproc 2>/dev/null || echo 1); [ "$$n" -gt 4 ] && n=4; echo $$n)
 unit: $(STAMP) deploy-tools
