@@ -60,9 +60,8 @@ typecheck: $(STAMP)
 # marked `serial`, alone: the soak judges latencies that a neighbouring test would disturb, and the
 # schemathesis fuzzing reports each operation as a sub-result, which xdist would drop if it failed.
 # Plain `pytest` runs everything in one process, in order.
-PYTEST_WORKERS ?= $(shell n=$$(nproc 2>/dev/null || echo 1); [ "$$n" -gt 4 ] && n=4; echo $$n)
 unit: $(STAMP) deploy-tools
-	REWARD_REQUIRE_TOOLS=1 $(BIN)/pytest -n $(PYTEST_WORKERS) --dist loadscope -m "not serial"
+	REWARD_REQUIRE_TOOLS=1 $(BIN)/pytest -n auto --maxprocesses 4 --dist loadscope -m "not serial"
 	REWARD_REQUIRE_TOOLS=1 $(BIN)/pytest -m serial
 
 $(VLLM_STAMP): pyproject.toml client/pyproject.toml
