@@ -12,7 +12,8 @@ import pytest
 import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-from reward_model.engines.transformers_engine import PackedLinear, TransformersEngine, onednn_available
+from reward_model.engines.onednn import PackedLinear, onednn_available
+from reward_model.engines.transformers_engine import TransformersEngine
 from reward_model.errors import InvalidInput
 from reward_model.formatting import RewardInput
 from tests.helpers import ITEMS, direct_rewards, hh_items, running
@@ -33,6 +34,10 @@ async def test_rewards_match_a_direct_forward_pass(fixture: str, request: pytest
         # float32 on a CPU runs oneDNN-packed linears (all but the head), which the reference does not
         assert isinstance(engine, TransformersEngine)
         assert engine.packed_linears == (len(linear_layers(engine.model)) - 1 if onednn_available() else 0)
+        # an encoder's feed-forward GELU runs inside its packed linear layer (the reference runs it apart)
+        fused = [m for m in engine.model.modules() if isinstance(m, PackedLinear) and m.post_op == "gelu"]
+        expected_fused = engine.model.config.num_hidden_layers if fixture != "llama_dir" else 0
+        assert len(fused) == (expected_fused if onednn_available() else 0)
     expected = direct_rewards(model_dir, ids)
     assert outcome.rewards == pytest.approx(expected, abs=1e-4)
     assert len(set(round(r, 4) for r in outcome.rewards)) == len(ITEMS)  # the head really discriminates
@@ -153,7 +158,11 @@ async def test_bf16_stays_within_its_measured_bounds(fixture: str, request: pyte
     async with running(model_dir) as strict:
         reference = [(await strict.score([item])).rewards[0] for item in items]
     async with running(model_dir, dtype="bfloat16", max_batch_size=16) as fast:
-        assert str(fast.members[0].model.dtype) == "torch.bfloat16"
+        engine = fast.members[0].model.engine
+        assert str(engine.dtype) == "torch.bfloat16"
+        assert isinstance(engine, TransformersEngine)
+        packed = len(linear_layers(engine.model)) - 1 if onednn_available(torch.bfloat16) else 0
+        assert engine.packed_linears == packed  # bf16 linears are packed for oneDNN too where it has bf16
         alone = [(await fast.score([item])).rewards[0] for item in items]
         batched = (await fast.score(items)).rewards
     spread = statistics.pstdev(reference)

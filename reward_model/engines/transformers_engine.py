@@ -2,11 +2,8 @@
 
 Eager by default; `compile=True` runs it through `torch.compile` (inductor, dynamic shapes, frozen
 weights), which measured 0.92x eager on the demo model on a CPU, so it is opt-in.
-On a CPU, float32 linear layers run through oneDNN with their weights reordered once at load
-(`PackedLinear`): torch's own float32 GEMM goes through MKL, which picks its kernels by CPU vendor and
-runs a generic path on AMD (`MKL_VERBOSE=1` shows it), leaving AVX-512 unused on Zen 4; oneDNN picks by
-ISA flags. `python -m bench.linears` measures the two in one process. bfloat16 already reaches oneDNN
-through torch. The reward head and the returned reward stay float32 in every dtype.
+On a CPU, float32 and bfloat16 linear layers run through oneDNN with their weights reordered once
+at load (`onednn.PackedLinear`). The reward head and the returned reward stay float32 in every dtype.
 A BERT-family encoder pooled at its first token runs its last layer for that token alone
 (`first_token`): 1.15x on the demo model, same rewards.
 """
@@ -25,6 +22,7 @@ from reward_model.engines import RewardEngine
 from reward_model.engines.cascade_attention import use_cascade_attention
 from reward_model.engines.first_token import pool_first_token_only
 from reward_model.engines.last_token import pool_last_token_only
+from reward_model.engines.onednn import onednn_available, pack_linears
 from reward_model.engines.prefix_cache import PrefixKVCache
 from reward_model.engines.shared_prefix import shared_prefix_logits, supports_prefix_sharing
 from reward_model.errors import CheckpointError
@@ -32,38 +30,6 @@ from reward_model.prefix_sharing import plan_split
 from reward_model.tensors import pad_batch, reward_logits
 
 log = logging.getLogger(__name__)
-
-
-class PackedLinear(torch.nn.Module):
-    """A float32 `nn.Linear` run by oneDNN, its weight reordered into oneDNN's blocked layout once."""
-
-    def __init__(self, linear: torch.nn.Linear) -> None:
-        super().__init__()
-        self.in_features, self.out_features = linear.in_features, linear.out_features
-        self.packed = torch.ops.mkldnn._reorder_linear_weight(linear.weight.detach())
-        self.bias = None if linear.bias is None else linear.bias.detach()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """`x @ W.T + b`, as `nn.Linear` computes it."""
-        out: torch.Tensor = torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none", [], "")
-        return out
-
-
-def onednn_available() -> bool:
-    """True when this torch build can run `PackedLinear`."""
-    available = torch.backends.mkldnn.is_available()  # type: ignore[no-untyped-call]
-    return bool(available) and hasattr(torch.ops.mkldnn, "_reorder_linear_weight")
-
-
-def pack_linears(model: torch.nn.Module, keep: torch.nn.Module) -> int:
-    """Swap every float32 `nn.Linear` except `keep` (the reward head) for a `PackedLinear`."""
-    swapped = 0
-    for parent in list(model.modules()):
-        for name, child in list(parent.named_children()):
-            if type(child) is torch.nn.Linear and child is not keep and child.weight.dtype == torch.float32:
-                setattr(parent, name, PackedLinear(child))
-                swapped += 1
-    return swapped
 
 
 def reward_head(model: Any) -> torch.nn.Module:
@@ -140,7 +106,7 @@ class TransformersEngine(RewardEngine):
                 functools.partial(reward_logits, model), dynamic=True, options={"freezing": True}
             )
         else:
-            if device.type == "cpu" and dtype == torch.float32 and onednn and onednn_available():
+            if device.type == "cpu" and onednn and onednn_available(dtype):
                 self.packed_linears = pack_linears(model, keep=head)
             self._rewards = functools.partial(reward_logits, model)
 
