@@ -167,9 +167,15 @@ def main(argv: list[str] | None = None) -> None:
         results["service"] = {}
         for concurrency, size in scenarios:
             print(f"service: concurrency {concurrency}, {size} items/request ...", flush=True)
+            one_client = (concurrency, size) == (1, 1)
+            if one_client:  # its baseline right before and after it: these machines drift by minutes
+                direct = [engines.direct_singles(args.model, items_path)]
             results["service"][f"c{concurrency}_n{size}"] = load(
                 f"{url}/score", requests_of(hh, size), concurrency, seconds, work
             )
+            if one_client:
+                direct.append(engines.direct_singles(args.model, items_path))
+                results["direct_single_p50_ms"] = direct
         after = padding_efficiency(httpx.get(f"{url}/metrics").text)
         real, padded = after[0] - before[0], after[1] - before[1]
         results["padding_efficiency_hh"] = real / padded if padded else float("nan")

@@ -61,6 +61,16 @@ def offline(name: str, model: str, items_path: Path, seconds: float) -> dict[str
     return dict(json.loads(line))
 
 
+def direct_singles(model: str, items_path: Path, count: int = 200) -> float:
+    """p50 ms of a direct forward of each of the first `count` items, alone, in a fresh process of the
+    default variant (what reward-serve runs): the one-client target's baseline."""
+    _, flags = VARIANTS[DEFAULT_VARIANT]
+    command = [sys.executable, "-m", "bench.offline", model, str(items_path), *flags, "--singles", str(count)]
+    result = subprocess.run(command, capture_output=True, text=True, cwd=REPO, timeout=600, check=True)
+    line = next(x for x in reversed(result.stdout.splitlines()) if x.startswith('{"single_item_p50_ms"'))
+    return float(json.loads(line)["single_item_p50_ms"])
+
+
 def cpu_facts() -> dict[str, Any]:
     """The CPU the figures come from."""
     name = "unknown"

@@ -4,6 +4,8 @@ Run in its own process per engine and dtype, so that each measurement starts cle
 no compiled graphs or oneDNN primitives left from another configuration):
     python -m bench.offline MODEL ITEMS.json --engine transformers --dtype float32 --compile on
 Every batch shape is seen once before timing, as a warmed-up server has seen it.
+`--singles N` times the first N items one at a time, in file order: the items a one-client load sends
+first, for the one-client latency target (the benchmark runs it right before and after that load).
 """
 
 from __future__ import annotations
@@ -70,6 +72,23 @@ def offline_limit(
     }
 
 
+def single_item_latency(
+    model: str, items: list[dict[str, Any]], count: int, options: LoadOptions | None = None
+) -> dict[str, Any]:
+    """p50 of one direct forward per item over the first `count` items, in order, after 3 warm-ups."""
+    [runner] = open_reward_model(model, options or LoadOptions()).members
+    inputs = [RewardInput.from_prompt_response(i["prompt"], i["response"]) for i in items[:count]]
+    ids = [e.input_ids for e in runner.encode(inputs)]
+    for x in ids[:3]:
+        runner.forward([x])
+    took = []
+    for x in ids:
+        started = time.perf_counter()
+        runner.forward([x])
+        took.append(time.perf_counter() - started)
+    return {"single_item_p50_ms": statistics.median(took) * 1000, "items": len(ids)}
+
+
 def main() -> None:
     """Measure one engine configuration and print its figures as one JSON line."""
     parser = argparse.ArgumentParser(prog="python -m bench.offline", description=__doc__)
@@ -79,11 +98,15 @@ def main() -> None:
     parser.add_argument("--dtype", default="float32")
     parser.add_argument("--compile", choices=["on", "off"], default="off")
     parser.add_argument("--seconds", type=float, default=8.0)
+    parser.add_argument("--singles", type=int, default=0, help="only time the first N items, one each")
     args = parser.parse_args()
     with open(args.items, encoding="utf-8") as fh:
         items = json.load(fh)
     options = LoadOptions(engine=args.engine, dtype=args.dtype, compile=args.compile == "on")
-    print(json.dumps(offline_limit(args.model, items, args.seconds, options)), flush=True)
+    if args.singles:
+        print(json.dumps(single_item_latency(args.model, items, args.singles, options)), flush=True)
+    else:
+        print(json.dumps(offline_limit(args.model, items, args.seconds, options)), flush=True)
 
 
 if __name__ == "__main__":

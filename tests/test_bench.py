@@ -53,6 +53,12 @@ def test_the_benchmark_runs_end_to_end_and_reports_every_ratio(bert_dir: Path, t
     ):
         assert results["ratios"][name] > 0, name
     assert 0 < results["padding_efficiency_hh"] <= 1
+    # the one-client ratio's baseline: the same items' direct forwards, before and after that load
+    before, after = results["direct_single_p50_ms"]
+    assert before > 0 and after > 0
+    assert results["ratios"]["p50_c1_n1_over_direct_forward"] == results["service"]["c1_n1"]["p50_ms"] / (
+        (before + after) / 2
+    )
     assert all(v["errors"] == 0 for v in results["service"].values())
     assert set(results["best_of_n"]) == {"n16"}  # --quick: one size
     assert "Target ratios (same run):" in result.stdout
