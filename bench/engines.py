@@ -10,6 +10,7 @@ import json
 import platform
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -44,31 +45,32 @@ def serve_flags(name: str) -> list[str]:
     return ["--engine", engine, *flags]
 
 
-def offline(name: str, model: str, items_path: Path, seconds: float) -> dict[str, Any]:
-    """A variant's offline figures, measured in a process of its own."""
+def offline(
+    name: str, model: str, items_path: Path, seconds: float, extra: Sequence[str] = ()
+) -> dict[str, Any]:
+    """A variant's offline figures (`extra`: more `bench.offline` flags), measured in a process of its own."""
     engine, flags = VARIANTS[name]
     python = python_for(engine)
     if python is None:
         return {"skipped": f"{engine} engine not installed (make test-vllm builds .venv-vllm)"}
     command = [str(python), "-m", "bench.offline", model, str(items_path), "--engine", engine, *flags]
     result = subprocess.run(
-        [*command, "--seconds", str(seconds)], capture_output=True, text=True, cwd=REPO, timeout=1800
+        [*command, "--seconds", str(seconds), *extra], capture_output=True, text=True, cwd=REPO, timeout=1800
     )
     if result.returncode != 0:
         return {"skipped": f"failed: {result.stderr.strip()[-500:]}"}
     # vLLM logs to stdout too: the figures are the last line that is a JSON object.
-    line = next(x for x in reversed(result.stdout.splitlines()) if x.startswith('{"by_batch_size"'))
+    line = next(x for x in reversed(result.stdout.splitlines()) if x.startswith("{"))
     return dict(json.loads(line))
 
 
 def direct_singles(model: str, items_path: Path, count: int = 200) -> float:
     """p50 ms of a direct forward of each of the first `count` items, alone, in a fresh process of the
     default variant (what reward-serve runs): the one-client target's baseline."""
-    _, flags = VARIANTS[DEFAULT_VARIANT]
-    command = [sys.executable, "-m", "bench.offline", model, str(items_path), *flags, "--singles", str(count)]
-    result = subprocess.run(command, capture_output=True, text=True, cwd=REPO, timeout=600, check=True)
-    line = next(x for x in reversed(result.stdout.splitlines()) if x.startswith('{"single_item_p50_ms"'))
-    return float(json.loads(line)["single_item_p50_ms"])
+    figures = offline(DEFAULT_VARIANT, model, items_path, 0, ["--singles", str(count)])
+    if "skipped" in figures:
+        raise RuntimeError(f"direct single-item forwards: {figures['skipped']}")
+    return float(figures["single_item_p50_ms"])
 
 
 def cpu_facts() -> dict[str, Any]:
