@@ -5,12 +5,16 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from typing import TYPE_CHECKING
 
 from app.settings import Settings
 from reward_model.checkpoint import read_layout, require_length_fit
 from reward_model.console import configure_logging
 from reward_model.engines import check_engine
 from reward_model.errors import RewardError
+
+if TYPE_CHECKING:
+    import uvicorn
 
 log = logging.getLogger("app.cli")
 
@@ -63,22 +67,28 @@ def main(argv: list[str] | None = None) -> None:
     serve(settings)
 
 
-def serve(settings: Settings) -> None:
-    """Run one uvicorn worker: one model copy per member, one batch queue per copy."""
+def uvicorn_config(settings: Settings) -> uvicorn.Config:
+    """uvicorn's settings for the service. Its HTTP parser and event loop are left to uvicorn, which
+    takes httptools and uvloop (both dependencies of the project) where they are installed."""
     import uvicorn
 
-    from app.server import create_app
-
-    failure: list[str] = []
     debug = settings.log_level == "debug"
-    config = uvicorn.Config(
-        "app.server:create_app",  # replaced below; uvicorn only needs a valid config object
+    return uvicorn.Config(
+        "app.server:create_app",  # replaced by `serve`; uvicorn only needs a valid config object
         host=settings.host,
         port=settings.port,
         log_level="info" if debug else "warning",  # at info, our own lines say what happens
         access_log=debug,
         timeout_graceful_shutdown=5,  # after the drain (DrainingServer), only idle connections remain
     )
+
+
+def serve(settings: Settings) -> None:
+    """Run one uvicorn worker: one model copy per member, one batch queue per copy."""
+    from app.server import create_app
+
+    failure: list[str] = []
+    config = uvicorn_config(settings)
     try:
         sock = config.bind_socket()  # bound once first, so that port 0 is known before the model loads
     except SystemExit:

@@ -144,6 +144,16 @@ def test_responses_carry_timing_headers(llama_server: Server):
     assert float(response.headers["x-inference-time-ms"]) > 0
 
 
+def test_the_server_runs_uvicorns_c_http_parser_and_libuv_loop(llama_server: Server):
+    """httptools and uvloop are the project's dependencies, and the running process has them loaded:
+    a single client's request costs ~2 ms less than with h11 and asyncio's own loop (README)."""
+    with llama_server.client() as client:
+        assert client.get("/health").status_code == 200
+    loaded = Path(f"/proc/{llama_server.process.pid}/maps").read_text()
+    assert re.search(r"/httptools/parser/parser\.cpython[^/]*\.so$", loaded, re.MULTILINE)
+    assert re.search(r"/uvloop/loop\.cpython[^/]*\.so$", loaded, re.MULTILINE)
+
+
 def test_info_describes_the_model(llama_server: Server, llama_dir: Path):
     with llama_server.client() as client:
         info = client.get("/info").json()

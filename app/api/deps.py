@@ -15,8 +15,9 @@ from app.service import RewardService, ScoreOutcome
 T = TypeVar("T")
 
 
-def get_service(request: Request) -> RewardService:
-    """The app's service, or 503 while it is still loading."""
+async def get_service(request: Request) -> RewardService:
+    """The app's service, or 503 while it is still loading. A coroutine, so FastAPI runs it on the event
+    loop: a plain function would cost every request a hop to a worker thread and back."""
     service: RewardService = request.app.state.service
     if service.draining:
         raise NotReady("the server is shutting down; retry on another replica")
