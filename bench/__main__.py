@@ -211,6 +211,9 @@ def main(argv: list[str] | None = None) -> None:
 
     if not args.quick:
         results["variants"] = serve_variants(args.model, hh, seconds, work)
+    results["offline_again"] = engines.fastest_again(
+        results["offline_engines"], args.model, items_path, seconds
+    )
 
     names = None if args.peers in (None, "all") else [] if args.peers == "none" else args.peers.split(",")
     if not (args.quick and args.peers is None):

@@ -73,6 +73,20 @@ def direct_singles(model: str, items_path: Path, count: int = 200) -> float:
     return float(figures["single_item_p50_ms"])
 
 
+def fastest_again(
+    offline_figures: dict[str, Any], model: str, items_path: Path, seconds: float
+) -> dict[str, Any]:
+    """The fastest offline variant of each dtype, measured once more after the served loads: a served
+    figure is then compared with the mean of a baseline before it and one after it."""
+    again = {}
+    for dtype in ("float32", "bfloat16"):
+        if any(k.endswith(dtype) and "items_per_s" in v for k, v in offline_figures.items()):
+            name, _ = fastest(offline_figures, dtype)
+            print(f"offline again: {name} ...", flush=True)
+            again[name] = offline(name, model, items_path, seconds)
+    return again
+
+
 def cpu_facts() -> dict[str, Any]:
     """The CPU the figures come from."""
     name = "unknown"

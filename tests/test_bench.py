@@ -59,6 +59,14 @@ def test_the_benchmark_runs_end_to_end_and_reports_every_ratio(bert_dir: Path, t
     assert results["ratios"]["p50_c1_n1_over_direct_forward"] == results["service"]["c1_n1"]["p50_ms"] / (
         (before + after) / 2
     )
+    # the offline limit's baseline: the default variant before the served loads and again after them
+    [again] = results["offline_again"].values()
+    limit = (
+        results["offline_engines"]["transformers-eager-float32"]["items_per_s"] + again["items_per_s"]
+    ) / 2
+    saturation = max(v["items_per_s"] for v in results["service"].values())
+    assert results["ratios"]["saturation_over_offline_limit"] == saturation / limit
+    assert results["ratios"]["served_saturation_over_fastest_offline_float32"] == saturation / limit
     assert all(v["errors"] == 0 for v in results["service"].values())
     assert set(results["best_of_n"]) == {"n16"}  # --quick: one size
     assert "Target ratios (same run):" in result.stdout
