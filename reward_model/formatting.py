@@ -51,6 +51,11 @@ class RewardInput:
             raise InvalidInput("the last message must have role 'assistant': it is the turn being scored")
         return cls(messages=tuple(pairs))
 
+    @property
+    def chars(self) -> int:
+        """Characters of text in the item, which bounds the work of tokenizing it."""
+        return len(self.text or "") + sum(len(content) for _, content in self.messages)
+
     @classmethod
     def raw(cls, text: str, prompt: str | None = None) -> RewardInput:
         """Text that is already fully formatted, scored as it is (the OpenRLHF protocol); `prompt`, if

@@ -6,16 +6,18 @@ import asyncio
 import json
 import math
 import statistics
+import threading
 from pathlib import Path
 
 import pytest
 import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
+from app.service import INLINE_TOKENIZE_CHARS
 from reward_model.engines.onednn import PackedLinear, onednn_available
 from reward_model.engines.transformers_engine import TransformersEngine
 from reward_model.errors import InvalidInput
-from reward_model.formatting import RewardInput
+from reward_model.formatting import EncodedInput, RewardInput
 from tests.helpers import ITEMS, direct_rewards, hh_items, running
 from tests.tiny_models import save_llama
 
@@ -64,6 +66,27 @@ async def test_a_reward_does_not_depend_on_its_batch(fixture: str, request: pyte
         mixed = (await service.score(ITEMS * 3)).rewards
     for i, reward in enumerate(mixed):
         assert abs(reward - alone[i % len(ITEMS)]) <= 1e-4
+
+
+async def test_small_requests_tokenize_on_the_loop_large_ones_in_a_thread_with_the_same_rewards(
+    bert_dir: Path,
+):
+    long = RewardInput.from_prompt_response("tell me more about it. " * 200, "no.")
+    assert long.chars > INLINE_TOKENIZE_CHARS >= sum(item.chars for item in ITEMS)
+    loop_thread = threading.get_ident()
+    async with running(bert_dir, max_batch_size=64) as service:
+        model = service.members[0].model
+        encode, on_loop = model.encode, []
+
+        def watched(items: list[RewardInput]) -> list[EncodedInput]:
+            on_loop.append(threading.get_ident() == loop_thread)
+            return encode(items)
+
+        model.encode = watched  # type: ignore[method-assign]
+        small = (await service.score(ITEMS)).rewards
+        large = (await service.score([*ITEMS, long])).rewards
+    assert on_loop == [True, False]
+    assert large[: len(ITEMS)] == pytest.approx(small, abs=1e-4)
 
 
 async def test_pooling_reads_the_last_real_token_when_pad_equals_eos(tmp_path: Path):
