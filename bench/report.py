@@ -50,8 +50,7 @@ def engine_ratios(r: dict[str, Any]) -> dict[str, float]:
     out: dict[str, float] = {}
     served = {r.get("default_variant", "transformers-eager-float32"): r["service"], **r.get("variants", {})}
     for dtype in ("float32", "bfloat16"):
-        limits = {k: offline_items_per_s(r, k) or 0.0 for k in engines if k.endswith(dtype)}
-        limits = {k: v for k, v in limits.items() if v}
+        limits = {k: v for k in engines if k.endswith(dtype) and (v := offline_items_per_s(r, k))}
         ours = {k: v for k, v in served.items() if k.endswith(dtype)}
         if not limits or not ours:
             continue
