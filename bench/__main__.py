@@ -232,7 +232,8 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def serve_variants(model: str, items: list[dict[str, Any]], seconds: float, work: Path) -> dict[str, Any]:
-    """Our other served engines and dtypes under the headline load patterns."""
+    """Our other served engines and dtypes under the headline load patterns, and under the heaviest
+    one (64 clients x 64 items), where served saturation is read, as for the default variant."""
     out: dict[str, Any] = {}
     for name in engines.VARIANTS:
         engine, _ = engines.VARIANTS[name]
@@ -246,7 +247,7 @@ def serve_variants(model: str, items: list[dict[str, Any]], seconds: float, work
         process = start([*command, *engines.serve_flags(name)], url, work / f"serve-{name}.log")
         try:
             out[name] = {}
-            for concurrency, size in [(64, 1), (8, 16), (1, 1)]:
+            for concurrency, size in [(64, 1), (8, 16), (64, 64), (1, 1)]:
                 print(f"reward-serve {name}: concurrency {concurrency}, {size} items/request ...", flush=True)
                 bodies = requests_of(items, size)
                 out[name][f"c{concurrency}_n{size}"] = load(

@@ -65,12 +65,11 @@ def engine_ratios(r: dict[str, Any]) -> dict[str, float]:
                         best / peer[scenario]["items_per_s"]
                     )
     for mode in ("eager", "compiled"):
-        fp32, bf16 = (
-            engines.get(f"transformers-{mode}-float32", {}),
-            engines.get(f"transformers-{mode}-bfloat16", {}),
-        )
-        if "items_per_s" in fp32 and "items_per_s" in bf16:
-            out[f"transformers_{mode}_bf16_over_float32"] = bf16["items_per_s"] / fp32["items_per_s"]
+        # each dtype's figure as saturation's baseline: the mean of before and after where timed twice
+        fp32 = offline_items_per_s(r, f"transformers-{mode}-float32")
+        bf16 = offline_items_per_s(r, f"transformers-{mode}-bfloat16")
+        if fp32 and bf16:
+            out[f"transformers_{mode}_bf16_over_float32"] = bf16 / fp32
     eager, compiled = (
         engines.get("transformers-eager-float32", {}),
         engines.get("transformers-compiled-float32", {}),

@@ -77,3 +77,32 @@ def test_the_load_generator_refuses_anything_but_loopback():
     check_loopback("http://localhost:8000/score")
     with pytest.raises(SystemExit, match=r"refusing non-loopback target '10\.0\.0\.1'"):
         check_loopback("http://10.0.0.1:8000/score")
+
+
+def test_engine_targets_read_each_dtype_at_its_heaviest_load_against_before_and_after_baselines():
+    """The engine issue's ratios from one run's figures: served saturation is the best served load of
+    the dtype's variants (64 x 64 included), each offline figure timed twice is the mean of both."""
+    from bench.report import engine_ratios
+
+    def served(**items_per_s: float) -> dict:
+        return {k: {"items_per_s": v} for k, v in items_per_s.items()}
+
+    results = {
+        "default_variant": "transformers-eager-float32",
+        "service": served(c1_n1=40.0, c8_n16=90.0, c64_n64=100.0),
+        "variants": {"transformers-eager-bfloat16": served(c1_n1=50.0, c8_n16=140.0, c64_n64=160.0)},
+        "offline_engines": {
+            "transformers-eager-float32": {"items_per_s": 100.0},
+            "transformers-eager-bfloat16": {"items_per_s": 160.0},
+            "transformers-compiled-bfloat16": {"items_per_s": 150.0},
+        },
+        "offline_again": {
+            "transformers-eager-float32": {"items_per_s": 110.0},
+            "transformers-eager-bfloat16": {"items_per_s": 190.0},
+        },
+    }
+    ratios = engine_ratios(results)
+    assert ratios["served_saturation_over_fastest_offline_float32"] == 100.0 / 105.0
+    assert ratios["served_saturation_over_fastest_offline_bfloat16"] == 160.0 / 175.0
+    assert ratios["transformers_eager_bf16_over_float32"] == 175.0 / 105.0
+    assert "transformers_compiled_bf16_over_float32" not in ratios  # no compiled float32 figure
